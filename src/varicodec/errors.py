@@ -1,0 +1,13 @@
+"""Errors meant for users: the CLI prints them as one line and exits non-zero."""
+
+
+class VaricodecError(Exception):
+    """Base class of every error varicodec reports to users."""
+
+
+class FormatError(VaricodecError):
+    """A compressed file is malformed, truncated, corrupted or from a newer format."""
+
+
+class ModelMismatchError(VaricodecError):
+    """A file was written by a model other than the one offered to decode it."""

@@ -1,0 +1,99 @@
+"""Weights on disk: safetensors only, with the model config in the metadata.
+
+A file holds every tensor of a :class:`VaricodecModel` (including CompressAI's
+entropy-coder tables after ``update()``), floats optionally as fp16, and in its
+metadata ``varicodec.config`` (JSON for :func:`create_model`) and
+``varicodec.card`` (the model card: recipe, data, steps, validation figures).
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .codec_model import VaricodecModel
+from .registry import create_model
+
+__all__ = ["save_model", "load_model", "read_card", "weights_fingerprint"]
+
+
+def weights_fingerprint(model: VaricodecModel) -> bytes:
+    """8-byte SHA-256 digest of all tensors (names, dtypes, values) of ``model``."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.digest()[:8]
+
+
+def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None = None,
+               half: bool = True) -> Path:
+    """Write ``model`` (after ``update()``) to ``path`` atomically.
+
+    With ``half`` the float tensors are stored as fp16; the entropy-coder tables
+    are rebuilt from the rounded weights first, so what is stored is exactly
+    what a loaded model computes.
+    """
+    path = Path(path)
+    if half:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
+    model.update(force=True)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point() and not k.endswith("scale_table"):
+            v = v.half()
+        tensors[k] = v.clone()
+    meta = {"varicodec.config": json.dumps(model.config),
+            "varicodec.card": json.dumps(card or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_card(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(config, card)`` from a weights file's metadata, without loading tensors."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "varicodec.config" not in meta:
+        raise ValueError(f"{path} is not a varicodec weights file (no varicodec.config metadata)")
+    return json.loads(meta["varicodec.config"]), json.loads(meta.get("varicodec.card", "{}"))
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> VaricodecModel:
+    """Build the model described in ``path``'s metadata and load its weights (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    config, card = read_card(path)
+    model = create_model(f"{config['arch']}-{config['variant']}", **config)
+    state = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for k in f.keys():
+            state[k] = f.get_tensor(k)
+    own = model.state_dict()
+    state = {k: (v.to(own[k].dtype) if k in own and own[k].is_floating_point() else v)
+             for k, v in state.items()}
+    model.load_state_dict(state)
+    model.card = card
+    model.source = str(path)
+    return model.to(device).eval()
