@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:  # a subsystem not installed in this build
-            if e.name != name:
+            if e.name is None or not name.startswith(e.name):
                 raise
             continue
         mod.register(sub)
