@@ -237,6 +237,22 @@ class VaricodecModel(nn.Module):
             )
         return nn.modules.module._IncompatibleKeys(missing, unexpected)
 
+    @contextmanager
+    def cached_analysis(self, x: Tensor) -> Iterator[None]:
+        """Run ``g_a`` on ``x`` once; inside the block every ``compress(x, λ)``
+        reuses that latent (rate control codes one image at many λ this way).
+        """
+        self._check_image(x)
+        with torch.no_grad():
+            y = nn.Sequential.forward(self.net.g_a, x)  # the plain transform, no hooks
+        original = self.net.g_a
+        post = (lambda t: self._modulate(original, (), t)) if self.variable_rate else (lambda t: t)
+        self.net.g_a = _CachedLatent(y, post)
+        try:
+            yield
+        finally:
+            self.net.g_a = original
+
     # ---------------------------------------------------------- real coding
     def _hs_gates(self) -> list[EnergyChannelGate]:
         return [g for _, g in gates_of(self.net.h_s)]
@@ -325,3 +341,14 @@ class VaricodecModel(nn.Module):
             for g in self._hs_gates():
                 g.forced_mask = None
         return {"x_hat": out["x_hat"], "y_hat": self._y_hat}
+
+
+class _CachedLatent(nn.Module):
+    """Stands in for ``g_a`` while :meth:`VaricodecModel.cached_analysis` is active."""
+
+    def __init__(self, y: Tensor, post) -> None:
+        super().__init__()
+        self.y, self.post = y, post
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(self.y)
