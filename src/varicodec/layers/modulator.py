@@ -41,8 +41,8 @@ class LmbdaRange:
 
     def check(self, lmbda: float) -> float:
         lmbda = float(lmbda)
-        tol = 1e-9 * self.max
-        if not (self.min - tol <= lmbda <= self.max + tol) or math.isnan(lmbda):
+        # 1e-6 relative slack: λ passed through float32 must still count as in range
+        if math.isnan(lmbda) or not self.min * (1 - 1e-6) <= lmbda <= self.max * (1 + 1e-6):
             raise ValueError(
                 f"lambda {lmbda:g} is outside this model's trained range "
                 f"[{self.min:g}, {self.max:g}]"

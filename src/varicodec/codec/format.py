@@ -1,0 +1,265 @@
+"""The ``.vcd`` container: one compressed image in one byte string.
+
+Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes)::
+
+    offset  size  field
+    0       3     magic  b"VCD"
+    3       1     format version (1)
+    4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream; bits 3-7 zero
+    5       1     model id (registry name, table MODEL_IDS)
+    6       8     weights fingerprint (varicodec.models.weights_fingerprint)
+    14      2     image width  in pixels, 1..65535
+    16      2     image height in pixels, 1..65535
+    18      2     λ code, 0..65535            only for variable-rate models (bm, ecgbm)
+    ..      v     len(z)                         varint
+    ..      1     len(side)                      only if flag bit 2; 1..255
+    ..      v     len(alpha)                     only if flag bit 1; varint
+    ..      ..    z stream, side stream, alpha stream, y stream (y takes the rest)
+    end-4   4     CRC-32 (zlib) of every byte before it
+
+The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉``
+(the models' downsampling factor). Everything but the four payloads is
+*overhead*: 24 bytes for a fixed-rate model, 26 for a variable-rate one, plus
+1-3 bytes for ``len(z)``, 1 if a side stream is present and 1-4 if alpha is —
+at most 32 bytes in all (``Container.overhead``; sizes up to 2²⁸ pixels).
+
+Parsing never allocates according to a declared size before checking it
+against the bytes present and the limits below; every problem is a
+:class:`~varicodec.errors.FormatError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "MODEL_IDS",
+    "Container",
+    "read_varint",
+    "write_varint",
+]
+
+MAGIC = b"VCD"
+FORMAT_VERSION = 1
+MAX_SIDE = 65535  #: pixels per side
+MAX_PIXELS = 1 << 28  #: pixels per image
+
+#: registry name → model id byte. Append only: ids are part of the format.
+MODEL_IDS: dict[str, int] = {
+    "hyperprior-base": 1, "hyperprior-ecg": 2, "hyperprior-bm": 3, "hyperprior-ecgbm": 4,
+    "mean-base": 5, "mean-ecg": 6, "mean-bm": 7, "mean-ecgbm": 8,
+    "joint-base": 9, "joint-ecg": 10, "joint-bm": 11, "joint-ecgbm": 12,
+}
+MODEL_NAMES: dict[int, str] = {v: k for k, v in MODEL_IDS.items()}
+
+FLAG_GRAY, FLAG_ALPHA, FLAG_SIDE = 1, 2, 4
+_KNOWN_FLAGS = FLAG_GRAY | FLAG_ALPHA | FLAG_SIDE
+_FIXED = struct.Struct(">3sBBB8sHH")  # magic … height: 18 bytes
+_MAX_VARINT_BYTES = 5
+
+
+def is_variable_rate(model_name: str) -> bool:
+    return model_name.endswith("bm")
+
+
+def is_gated(model_name: str) -> bool:
+    return model_name.split("-", 1)[1] in ("ecg", "ecgbm")
+
+
+def write_varint(n: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, low bits first, high bit = more."""
+    if n < 0:
+        raise ValueError(f"varint must be non-negative, got {n}")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def read_varint(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
+    """``(value, new position)``; raises :class:`FormatError` if cut short or overlong."""
+    value = shift = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if pos >= end:
+            raise FormatError("file is truncated (inside the header)")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            if b == 0 and i > 0:
+                raise FormatError("corrupted header (overlong length field)")
+            return value, pos
+        shift += 7
+    raise FormatError("corrupted header (length field too long)")
+
+
+@dataclass(frozen=True)
+class Container:
+    """One image's header fields and payloads (see the module docstring).
+
+    ``y``, ``z``: the entropy-coded latent and hyper-latent; ``side``: the gate
+    masks of ``h_s`` (``b""`` when the decoder recomputes them); ``alpha``: the
+    zlib-compressed alpha plane, or ``None``.
+    """
+
+    model_name: str
+    fingerprint: bytes
+    width: int
+    height: int
+    y: bytes
+    z: bytes
+    side: bytes = b""
+    alpha: bytes | None = None
+    gray: bool = False
+    lmbda_code: int | None = None
+    version: int = field(default=FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        check_size(self.width, self.height)
+        if self.model_name not in MODEL_IDS:
+            raise ValueError(f"model {self.model_name!r} has no id in the .vcd format")
+        if len(self.fingerprint) != 8:
+            raise ValueError("the weights fingerprint must be 8 bytes")
+        if is_variable_rate(self.model_name) != (self.lmbda_code is not None):
+            raise ValueError("a lambda code is stored exactly for variable-rate models")
+        if self.lmbda_code is not None and not 0 <= self.lmbda_code <= 0xFFFF:
+            raise ValueError(f"lambda code {self.lmbda_code} out of range 0..65535")
+        if self.side and not is_gated(self.model_name):
+            raise ValueError("only gated models have a side stream")
+        if len(self.side) > 255:
+            raise ValueError("gate side stream longer than 255 bytes")
+
+    # ------------------------------------------------------------------ info
+    @property
+    def mode(self) -> str:
+        """The decoded image's Pillow mode: ``RGB``, ``RGBA``, ``L`` or ``LA``."""
+        return ("L" if self.gray else "RGB") + ("A" if self.alpha is not None else "")
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def header(self) -> bytes:
+        """Everything before the payloads."""
+        flags = (FLAG_GRAY * self.gray) | (FLAG_ALPHA * (self.alpha is not None)) \
+            | (FLAG_SIDE * bool(self.side))
+        out = bytearray(_FIXED.pack(MAGIC, self.version, flags, MODEL_IDS[self.model_name],
+                                    self.fingerprint, self.width, self.height))
+        if self.lmbda_code is not None:
+            out += struct.pack(">H", self.lmbda_code)
+        out += write_varint(len(self.z))
+        if self.side:
+            out.append(len(self.side))
+        if self.alpha is not None:
+            out += write_varint(len(self.alpha))
+        return bytes(out)
+
+    @property
+    def overhead(self) -> int:
+        """Bytes that are not payload: header plus CRC."""
+        return len(self.header()) + 4
+
+    def stream_sizes(self) -> dict[str, int]:
+        sizes = {"y": len(self.y), "z": len(self.z), "side": len(self.side)}
+        if self.alpha is not None:
+            sizes["alpha"] = len(self.alpha)
+        return sizes
+
+    # ------------------------------------------------------------ bytes I/O
+    def pack(self) -> bytes:
+        body = b"".join([self.header(), self.z, self.side, self.alpha or b"", self.y])
+        return body + struct.pack(">I", zlib.crc32(body))
+
+    @classmethod
+    def unpack(cls, data: bytes, max_pixels: int = MAX_PIXELS) -> Container:
+        """Parse and verify a ``.vcd`` byte string.
+
+        Checks, in order: magic, version, header fields and limits (size at
+        most ``max_pixels``), declared lengths against the bytes present, CRC.
+        """
+        data = bytes(data)
+        if len(data) < 4 or data[:3] != MAGIC:
+            if MAGIC.startswith(data[:3]) and len(data) < 4:
+                raise FormatError("file is truncated (shorter than a .vcd header)")
+            raise FormatError("not a varicodec file (bad magic; expected 'VCD')")
+        version = data[3]
+        if version > FORMAT_VERSION:
+            raise FormatError(
+                f"file uses .vcd format version {version}, newer than this varicodec "
+                f"reads (version {FORMAT_VERSION}); upgrade varicodec"
+            )
+        if version < 1:
+            raise FormatError(f"corrupted header (format version {version})")
+        end = len(data) - 4  # the CRC
+        if end < _FIXED.size:
+            raise FormatError("file is truncated (shorter than a .vcd header)")
+        _, _, flags, model_id, fp, width, height = _FIXED.unpack_from(data)
+        if flags & ~_KNOWN_FLAGS:
+            raise FormatError(f"corrupted header (unknown flags 0x{flags:02x})")
+        if model_id not in MODEL_NAMES:
+            raise FormatError(f"unknown model id {model_id} (corrupted, or from a newer varicodec)")
+        name = MODEL_NAMES[model_id]
+        check_size(width, height, max_pixels, FormatError)
+        pos = _FIXED.size
+        code = None
+        if is_variable_rate(name):
+            if pos + 2 > end:
+                raise FormatError("file is truncated (inside the header)")
+            (code,) = struct.unpack_from(">H", data, pos)
+            pos += 2
+        z_len, pos = read_varint(data, pos, end)
+        side_len = 0
+        if flags & FLAG_SIDE:
+            if not is_gated(name):
+                raise FormatError(f"corrupted header (side stream flag for ungated {name})")
+            if pos >= end:
+                raise FormatError("file is truncated (inside the header)")
+            side_len = data[pos]
+            pos += 1
+            if side_len == 0:
+                raise FormatError("corrupted header (empty side stream)")
+        alpha_len = None
+        if flags & FLAG_ALPHA:
+            alpha_len, pos = read_varint(data, pos, end)
+        declared = z_len + side_len + (alpha_len or 0)
+        if pos + declared > end:
+            raise FormatError("file is truncated (streams shorter than their declared lengths)")
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[:end]) != crc:
+            raise FormatError("file is corrupted or truncated (CRC-32 mismatch)")
+        z = data[pos:pos + z_len]
+        pos += z_len
+        side = data[pos:pos + side_len]
+        pos += side_len
+        alpha = None
+        if alpha_len is not None:
+            alpha = data[pos:pos + alpha_len]
+            pos += alpha_len
+        return cls(model_name=name, fingerprint=fp, width=width, height=height,
+                   y=data[pos:end], z=z, side=side, alpha=alpha, gray=bool(flags & FLAG_GRAY),
+                   lmbda_code=code, version=version)
+
+
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS,
+               error: type[Exception] = ValueError) -> None:
+    """Refuse empty or absurd image sizes (before anything is allocated)."""
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise error(f"image size {width}×{height} is outside 1..{MAX_SIDE} pixels per side")
+    if width * height > max_pixels:
+        raise error(
+            f"image size {width}×{height} ({width * height} pixels) exceeds the limit of "
+            f"{max_pixels} pixels"
+        )

@@ -1,0 +1,44 @@
+"""``varicodec train`` and ``varicodec export``."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a recipe (configs/*.yaml)",
+                       description="Train a model from a YAML recipe. Runs under torchrun too.")
+    p.add_argument("--config", required=True, help="recipe file, e.g. configs/hyperprior-bm.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
+    p.add_argument("--init", help="start from these weights (exported .safetensors or run folder)")
+    p.add_argument("--name", help="override the recipe's run name")
+    p.add_argument("--out-dir", help="override the recipe's output folder (default runs/)")
+    p.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop cleanly (with a checkpoint) after this much wall-clock time")
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser("export", help="write a run's weights + model card as safetensors")
+    e.add_argument("run", help="run folder (runs/NAME) or checkpoint file")
+    e.add_argument("--out", required=True, help="output NAME.safetensors")
+    e.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
+    e.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import train
+
+    cfg = load_config(args.config, name=args.name, out_dir=args.out_dir, steps=args.steps)
+    train(cfg, resume=args.resume, init=args.init, max_minutes=args.max_minutes)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    out, card = export_run(args.run, args.out, half=not args.fp32)
+    print(f"wrote {out} ({card['name']}, {card['steps']} steps)")
+    return 0

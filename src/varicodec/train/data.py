@@ -1,0 +1,99 @@
+"""Training data: random crops of a folder of images.
+
+Most of our training images are JPEGs (BSDS500 at quality ~95, SUN at ~75).
+A random downscale (by default 0.5–1×) before cropping averages away most of
+their block artefacts, which a codec would otherwise learn to spend bits on.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+__all__ = ["RandomCropFolder", "list_images", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class RandomCropFolder(Dataset):
+    """Random ``crop×crop`` RGB patches in [0, 1], with random downscale and flips.
+
+    Images smaller than the crop are skipped (their number is reported);
+    unreadable files are reported by name and skipped, never a crash.
+    """
+
+    def __init__(self, folder: str | Path, crop: int = 256,
+                 scale: tuple[float, float] = (0.5, 1.0), verbose: bool = True) -> None:
+        self.crop = int(crop)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.files: list[Path] = []
+        self.sizes: list[tuple[int, int]] = []
+        small, bad = 0, []
+        for p in list_images(folder):
+            try:
+                with Image.open(p) as im:
+                    w, h = im.size
+            except (OSError, UnidentifiedImageError, ValueError):
+                bad.append(p.name)
+                continue
+            if min(w, h) < self.crop:
+                small += 1
+                continue
+            self.files.append(p)
+            self.sizes.append((w, h))
+        if verbose:
+            msg = f"{folder}: {len(self.files)} training images"
+            if small:
+                msg += f", {small} skipped (smaller than the {self.crop}px crop)"
+            if bad:
+                msg += f", {len(bad)} unreadable skipped: {', '.join(bad[:10])}"
+            print(msg, file=sys.stderr)
+        if not self.files:
+            raise ValueError(f"no usable training images in {folder} (crop {self.crop}px)")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, i: int) -> Image.Image:
+        with Image.open(self.files[i]) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        for _ in range(10):
+            try:
+                im = self._load(i)
+                break
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                print(f"warning: cannot read {self.files[i]} ({e}); using another image",
+                      file=sys.stderr)
+                i = random.randrange(len(self.files))
+        else:
+            raise RuntimeError("too many unreadable training images in a row")
+        w, h = im.size
+        lo = max(self.scale[0], self.crop / min(w, h))
+        s = random.uniform(lo, max(lo, self.scale[1]))
+        if s < 0.999:
+            im = im.resize((max(self.crop, round(w * s)), max(self.crop, round(h * s))),
+                           Image.Resampling.BICUBIC, reducing_gap=None)
+        w, h = im.size
+        x0, y0 = random.randint(0, w - self.crop), random.randint(0, h - self.crop)
+        a = np.asarray(im.crop((x0, y0, x0 + self.crop, y0 + self.crop)), dtype=np.uint8)
+        if random.random() < 0.5:
+            a = a[:, ::-1]
+        if random.random() < 0.5:
+            a = a[::-1]
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
