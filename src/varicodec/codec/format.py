@@ -35,6 +35,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
+from ..imageio import MAX_PIXELS, MAX_SIDE, check_size
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,8 +50,6 @@ __all__ = [
 
 MAGIC = b"VCD"
 FORMAT_VERSION = 1
-MAX_SIDE = 65535  #: pixels per side
-MAX_PIXELS = 1 << 28  #: pixels per image
 
 #: registry name → model id byte. Append only: ids are part of the format.
 MODEL_IDS: dict[str, int] = {
@@ -128,7 +127,7 @@ class Container:
     version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
-        check_size(self.width, self.height)
+        check_size(self.width, self.height, error=ValueError)
         if self.model_name not in MODEL_IDS:
             raise ValueError(f"model {self.model_name!r} has no id in the .vcd format")
         if len(self.fingerprint) != 8:
@@ -251,15 +250,3 @@ class Container:
         return cls(model_name=name, fingerprint=fp, width=width, height=height,
                    y=data[pos:end], z=z, side=side, alpha=alpha, gray=bool(flags & FLAG_GRAY),
                    lmbda_code=code, version=version)
-
-
-def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS,
-               error: type[Exception] = ValueError) -> None:
-    """Refuse empty or absurd image sizes (before anything is allocated)."""
-    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
-        raise error(f"image size {width}×{height} is outside 1..{MAX_SIDE} pixels per side")
-    if width * height > max_pixels:
-        raise error(
-            f"image size {width}×{height} ({width * height} pixels) exceeds the limit of "
-            f"{max_pixels} pixels"
-        )

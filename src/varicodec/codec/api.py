@@ -1,0 +1,335 @@
+"""``encode`` / ``decode`` / ``info``: images ⇄ ``.vcd`` bytes.
+
+An image is read by :func:`varicodec.imageio.open_image` (every Pillow mode,
+EXIF orientation), replicate-padded on the bottom/right to the model's
+multiple of 64 pixels, coded, and cropped back after decoding. Gray images are
+coded as RGB (three equal channels) and decoded back to L (mean of the three
+decoded channels). Alpha is kept losslessly: left-difference filtered,
+zlib-compressed; a fully opaque alpha plane is stored as an empty stream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import FormatError, ModelMismatchError, VaricodecError
+from ..imageio import (
+    MAX_PIXELS,
+    ImageSource,
+    SourceImage,
+    open_image,
+    pad_to_multiple,
+    to_pil,
+    to_tensor,
+    to_uint8,
+)
+from ..layers import LmbdaRange
+from ..models import VaricodecModel
+from ..quality import lmbda_to_quality, quality_to_lmbda
+from .format import Container
+from .pretrained import ModelSpec, bundled_path, fingerprint, lmbda_range_of, resolve_model
+from .rate_control import RateControlReport, search_lmbda_code
+
+__all__ = ["DEFAULT_QUALITY", "EncodeResult", "decode", "decode_image", "encode",
+           "encode_image", "info"]
+
+#: quality used when a variable-rate model is given no rate option
+DEFAULT_QUALITY = 5.0
+
+
+@dataclass
+class EncodeResult:
+    """One encoded image and what it cost. ``psnr_db`` is of the decoded output
+    against the input (colour or gray channels; alpha is lossless)."""
+
+    data: bytes
+    width: int
+    height: int
+    mode: str
+    model: str
+    lmbda: float
+    lmbda_code: int | None
+    psnr_db: float | None
+    seconds: float
+    overhead_bytes: int
+    rate_control: RateControlReport | None = None
+
+    @property
+    def bpp(self) -> float:
+        """Real bits per pixel: whole file × 8 / (width × height)."""
+        return len(self.data) * 8 / (self.width * self.height)
+
+
+# ----------------------------------------------------------------- helpers
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 arrays of the same shape (inf if identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _pack_alpha(alpha: np.ndarray | None) -> bytes | None:
+    if alpha is None:
+        return None
+    if bool((alpha == 255).all()):
+        return b""
+    filtered = np.diff(alpha, axis=1, prepend=np.uint8(0)).astype(np.uint8)
+    return zlib.compress(filtered.tobytes(), 9)
+
+
+def _unpack_alpha(data: bytes | None, width: int, height: int) -> np.ndarray | None:
+    if data is None:
+        return None
+    if not data:
+        return np.full((height, width), 255, np.uint8)
+    n = width * height
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(data, n + 1)  # never inflates past the declared size
+        ok = len(raw) == n and d.eof and not d.unused_data and not d.unconsumed_tail
+    except zlib.error:
+        ok = False
+    if not ok:
+        raise FormatError("corrupted alpha stream")
+    filtered = np.frombuffer(raw, np.uint8).reshape(height, width)
+    return np.cumsum(filtered, axis=1, dtype=np.uint8)
+
+
+def _z_shape(model: VaricodecModel, width: int, height: int) -> tuple[int, int]:
+    f = model.downsampling_factor
+    return (-(-height // f), -(-width // f))
+
+
+def _choose_lmbda(model: VaricodecModel, lmbda, quality) -> float | None:
+    """λ for a fixed-λ encode (``None`` for a fixed-rate model)."""
+    if not model.variable_rate:
+        if quality is not None or (lmbda is not None and abs(lmbda - model.lmbda) > 1e-12):
+            raise ValueError(
+                f"{model.name} is a fixed-rate model (lambda {model.lmbda:g}); "
+                "it takes no rate option"
+            )
+        return None
+    assert model.lmbda_range is not None
+    if lmbda is None:
+        lmbda = quality_to_lmbda(DEFAULT_QUALITY if quality is None else quality)
+    return model.lmbda_range.check(lmbda)
+
+
+def _check_rate_options(lmbda, quality, bpp, psnr) -> None:
+    given = [n for n, v in (("lmbda", lmbda), ("quality", quality), ("bpp", bpp),
+                            ("psnr", psnr)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one rate option, got {', '.join(given)}")
+    for name, v in (("lmbda", lmbda), ("bpp", bpp), ("psnr", psnr)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number, got {v}")
+    if quality is not None:
+        quality_to_lmbda(quality)  # range check
+
+
+class _Coder:
+    """One image and one model: code at a λ, measure the result."""
+
+    def __init__(self, model: VaricodecModel, src: SourceImage) -> None:
+        self.model, self.src = model, src
+        self.fp = fingerprint(model)
+        self.x = pad_to_multiple(to_tensor(src.rgb), model.downsampling_factor)
+        self.alpha = _pack_alpha(src.alpha)
+        self.shape = _z_shape(model, src.width, src.height)
+
+    def code(self, lmbda: float | None = None, code: int | None = None) -> Container:
+        m = self.model
+        if code is not None:
+            assert m.lmbda_range is not None
+            lmbda = m.lmbda_range.decode(code)
+        out = m.compress(self.x, lmbda)
+        if tuple(out["shape"]) != self.shape:
+            raise VaricodecError(f"{m.name}: unexpected hyper-latent shape {out['shape']}")
+        s = out["strings"]
+        return Container(
+            model_name=m.name, fingerprint=self.fp, width=self.src.width,
+            height=self.src.height, y=s[0][0], z=s[1][0], side=s[2][0] if m.gated else b"",
+            alpha=self.alpha, gray=self.src.gray, lmbda_code=out["lmbda_code"],
+        )
+
+    def bpp(self, c: Container) -> float:
+        return len(c.pack()) * 8 / (self.src.width * self.src.height)
+
+    def psnr(self, c: Container) -> float:
+        rgb = _reconstruct(self.model, c)
+        out = to_pil(rgb, gray=c.gray)
+        return psnr_db(np.asarray(out), self.src.pixels())
+
+
+def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
+    """Entropy-decode and synthesise: ``H×W×3`` uint8 (cropped)."""
+    strings = [[c.y], [c.z]] + ([[c.side]] if model.gated else [])
+    try:
+        out = model.decompress(strings, _z_shape(model, c.width, c.height), c.lmbda_code)
+    except (ValueError, RuntimeError, IndexError, OverflowError) as e:
+        raise FormatError(f"cannot decode the entropy-coded streams ({e})") from None
+    x_hat = out["x_hat"][..., : c.height, : c.width]
+    return to_uint8(torch.nan_to_num(x_hat))
+
+
+# ------------------------------------------------------------------- encode
+def encode_image(
+    image: ImageSource,
+    model: ModelSpec = None,
+    *,
+    lmbda: float | None = None,
+    quality: float | None = None,
+    bpp: float | None = None,
+    psnr: float | None = None,
+    tolerance: float | None = None,
+    compute_psnr: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> EncodeResult:
+    """Encode ``image`` and report rate, distortion and rate control.
+
+    At most one rate option: ``lmbda`` (the model's trade-off factor),
+    ``quality`` (continuous 1..8, CompressAI's λ ladder), ``bpp`` or ``psnr``
+    (rate control; variable-rate models only). A variable-rate model given
+    none uses :data:`DEFAULT_QUALITY`; a fixed-rate model takes none.
+    """
+    t0 = time.perf_counter()
+    _check_rate_options(lmbda, quality, bpp, psnr)
+    src = open_image(image, max_pixels)
+    m = resolve_model(model)
+    coder = _Coder(m, src)
+    report = None
+    with torch.inference_mode():
+        if bpp is not None or psnr is not None:
+            if not m.variable_rate:
+                raise ValueError(
+                    f"rate control (bpp/psnr targets) needs a variable-rate model; "
+                    f"{m.name} is fixed-rate"
+                )
+            assert m.lmbda_range is not None
+            kind, target = ("bpp", bpp) if bpp is not None else ("psnr", psnr)
+            measure = coder.bpp if kind == "bpp" else coder.psnr
+            with m.cached_analysis(coder.x):
+                report = search_lmbda_code(lambda k: measure(coder.code(code=k)), kind,
+                                           float(target), m.lmbda_range, tolerance)
+                container = coder.code(code=report.code)
+        else:
+            container = coder.code(_choose_lmbda(m, lmbda, quality))
+        data = container.pack()
+        quality_db = None
+        if report is not None and report.kind == "psnr":
+            quality_db = report.achieved
+        elif compute_psnr:
+            quality_db = coder.psnr(container)
+    lm = m.lmbda if container.lmbda_code is None else m.lmbda_range.decode(container.lmbda_code)
+    return EncodeResult(
+        data=data, width=src.width, height=src.height, mode=src.mode, model=m.name, lmbda=lm,
+        lmbda_code=container.lmbda_code, psnr_db=quality_db, seconds=time.perf_counter() - t0,
+        overhead_bytes=container.overhead, rate_control=report,
+    )
+
+
+def encode(
+    image: ImageSource,
+    model: ModelSpec = None,
+    *,
+    lmbda: float | None = None,
+    quality: float | None = None,
+    bpp: float | None = None,
+    psnr: float | None = None,
+) -> bytes:
+    """Compress ``image`` (path, Pillow image or ``H×W×3`` uint8 array) to ``.vcd`` bytes.
+
+    ``model``: a :class:`VaricodecModel`, a registry name, a ``.safetensors``
+    path or ``None`` (bundled ``hyperprior-ecgbm``). Rate options as in
+    :func:`encode_image`.
+    """
+    return encode_image(image, model, lmbda=lmbda, quality=quality, bpp=bpp, psnr=psnr,
+                        compute_psnr=False).data
+
+
+# ------------------------------------------------------------------- decode
+def _model_for(c: Container, model: ModelSpec) -> VaricodecModel:
+    """The model that wrote ``c``; :class:`ModelMismatchError` for any other."""
+    if model is None:
+        path = bundled_path(c.model_name)
+        if not path.is_file():
+            raise ModelMismatchError(
+                f"the file was written by model {c.model_name!r} "
+                f"(weights {c.fingerprint.hex()}), which is not bundled; "
+                "pass --model PATH to its weights"
+            )
+        model = path
+    m = resolve_model(model)
+    if m.name != c.model_name:
+        raise ModelMismatchError(
+            f"the file was written by model {c.model_name!r}, not {m.name!r}"
+        )
+    fp = fingerprint(m)
+    if fp != c.fingerprint:
+        raise ModelMismatchError(
+            f"the file was written by other {c.model_name} weights "
+            f"({c.fingerprint.hex()}, these are {fp.hex()})"
+        )
+    return m
+
+
+def decode_image(data: bytes, model: ModelSpec = None, *,
+                 max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, Container]:
+    """:func:`decode`, also returning the parsed container."""
+    c = Container.unpack(data, max_pixels)
+    m = _model_for(c, model)
+    with torch.inference_mode():
+        rgb = _reconstruct(m, c)
+    return to_pil(rgb, gray=c.gray, alpha=_unpack_alpha(c.alpha, c.width, c.height)), c
+
+
+def decode(data: bytes, model: ModelSpec = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decompress ``.vcd`` bytes to a Pillow image (mode RGB, L, RGBA or LA).
+
+    ``model`` defaults to the bundled weights named in the file. Raises
+    :class:`FormatError` for damaged files and :class:`ModelMismatchError`
+    for weights other than those that wrote the file. ``max_pixels`` refuses
+    larger images before decoding anything.
+    """
+    return decode_image(data, model, max_pixels=max_pixels)[0]
+
+
+# --------------------------------------------------------------------- info
+def info(data: bytes, model: ModelSpec = None) -> dict:
+    """Header fields, stream sizes and rate of ``.vcd`` bytes (CRC checked).
+
+    λ itself needs the model's trained range: it is given when ``model`` (or
+    the bundled weights of the file's model) can tell it.
+    """
+    c = Container.unpack(data, MAX_PIXELS)
+    d = {
+        "format_version": c.version,
+        "model": c.model_name,
+        "fingerprint": c.fingerprint.hex(),
+        "width": c.width,
+        "height": c.height,
+        "mode": c.mode,
+        "lmbda_code": c.lmbda_code,
+        "bytes": len(data),
+        "overhead_bytes": c.overhead,
+        "streams": c.stream_sizes(),
+        "gate_side_stream": bool(c.side),
+        "bpp": len(data) * 8 / c.pixels,
+    }
+    if c.lmbda_code is not None:
+        rng = None
+        if isinstance(model, VaricodecModel):
+            rng = (model.lmbda_range.min, model.lmbda_range.max) if model.lmbda_range else None
+        else:
+            rng = lmbda_range_of(model if model is not None else c.model_name)
+        if rng is not None:
+            lm = LmbdaRange(*rng).decode(c.lmbda_code)
+            d["lmbda"] = lm
+            d["quality"] = lmbda_to_quality(lm)
+    return d

@@ -1,0 +1,169 @@
+"""Rate control: the λ code that makes one image hit a target bpp or PSNR.
+
+The search runs over the 16-bit λ code (uniform in ``ln λ``), measuring the
+*real* coded size (or the PSNR of the real reconstruction) at each trial. The
+analysis transform ``g_a`` runs once per image (``model.cached_analysis``);
+each trial costs the hyper-prior, the entropy coder and, for a PSNR target,
+the synthesis transform.
+
+Search: start from CompressAI's published hyperprior curve (target → λ), take
+a Newton step with that curve's slope (bpp: ``d ln bpp / d ln λ ≈ 0.55``;
+PSNR: ``≈ 2.8 dB`` per unit of ``ln λ``), then secant steps, safeguarded by
+bisection of the bracket once the target is bracketed. It stops inside the
+tolerance (bpp: 2 % relative; PSNR: 0.1 dB) or when the bracket is two
+adjacent codes or a range end, and then returns the closest trial with a note.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..layers import LmbdaRange
+
+__all__ = ["RateControlReport", "search_lmbda_code", "DEFAULT_TOLERANCE"]
+
+#: default tolerance per target kind: relative for bpp, dB for PSNR
+DEFAULT_TOLERANCE = {"bpp": 0.02, "psnr": 0.1}
+
+# CompressAI's bmshj2018-hyperprior on Kodak, quality 1..8: (λ, bpp, PSNR dB)
+_PRIOR = (
+    (0.0018, 0.1313, 27.58), (0.0035, 0.2089, 29.20), (0.0067, 0.3199, 30.97),
+    (0.0130, 0.4784, 32.84), (0.0250, 0.6687, 34.53), (0.0483, 0.9388, 36.74),
+    (0.0932, 1.2592, 38.58), (0.1800, 1.6602, 40.56),
+)
+_SLOPE = {"bpp": 0.55, "psnr": 2.8}  # per unit of ln λ
+
+
+@dataclass
+class RateControlReport:
+    """What the search did. ``achieved`` is in the target's unit (bpp or dB)."""
+
+    kind: str
+    target: float
+    code: int
+    achieved: float
+    iterations: int
+    seconds: float
+    converged: bool
+    note: str | None = None
+    trials: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def error(self) -> float:
+        """Relative error for bpp, dB for PSNR."""
+        if self.kind == "bpp":
+            return self.achieved / self.target - 1
+        return self.achieved - self.target
+
+    def summary(self) -> str:
+        unit = "bpp" if self.kind == "bpp" else "dB"
+        err = f"{100 * self.error:+.2f} %" if self.kind == "bpp" else f"{self.error:+.3f} dB"
+        text = (f"rate control: target {self.target:g} {unit}, got {self.achieved:.4f} {unit} "
+                f"({err}) in {self.iterations} trials, {self.seconds:.2f} s")
+        return text + (f"; {self.note}" if self.note else "")
+
+
+def _prior_lmbda(kind: str, target: float) -> float:
+    """λ at which the published curve reaches ``target`` (log-linear, extrapolated)."""
+    col = 1 if kind == "bpp" else 2
+    xs = [math.log(p[col]) if kind == "bpp" else p[col] for p in _PRIOR]
+    ys = [math.log(p[0]) for p in _PRIOR]
+    t = math.log(target) if kind == "bpp" else target
+    i = 0 if t <= xs[1] else 6 if t >= xs[6] else next(k for k in range(7) if t <= xs[k + 1])
+    y = ys[i] + (t - xs[i]) * (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+    return math.exp(y)
+
+
+def search_lmbda_code(
+    measure: Callable[[int], float],
+    kind: str,
+    target: float,
+    lmbda_range: LmbdaRange,
+    tolerance: float | None = None,
+    max_trials: int = 24,
+) -> RateControlReport:
+    """Find the λ code whose ``measure(code)`` (bpp or PSNR dB) is closest to ``target``.
+
+    ``measure`` must increase with the code, at least roughly (both bpp and PSNR
+    do); local non-monotonicity of real coded sizes is tolerated.
+    """
+    if kind not in DEFAULT_TOLERANCE:
+        raise ValueError(f"unknown rate-control target {kind!r}")
+    if not math.isfinite(target) or target <= 0:
+        raise ValueError(f"the {kind} target must be a positive number, got {target}")
+    tol = DEFAULT_TOLERANCE[kind] if tolerance is None else float(tolerance)
+    code_max = LmbdaRange.CODE_MAX
+    per_code = lmbda_range._span / code_max  # ln λ per code step
+    t0 = time.perf_counter()
+
+    def g(value: float) -> float:  # signed distance in the search domain
+        return math.log(max(value, 1e-12) / target) if kind == "bpp" else value - target
+
+    def ok(value: float) -> bool:
+        return abs(value / target - 1) <= tol if kind == "bpp" else abs(value - target) <= tol
+
+    trials: dict[int, float] = {}
+
+    def run(code: int) -> float:
+        trials[code] = measure(code)
+        return trials[code]
+
+    lm0 = min(max(_prior_lmbda(kind, target), lmbda_range.min), lmbda_range.max)
+    code = lmbda_range.encode(lm0)
+    slope = _SLOPE[kind] * per_code  # search-domain units per code step
+    note = None
+    converged = False
+    last_width = None
+    while True:
+        value = run(code)
+        if ok(value):
+            converged = True
+            break
+        if len(trials) >= max_trials:
+            note = f"stopped after {max_trials} trials"
+            break
+        below = [c for c, v in trials.items() if g(v) < 0]
+        above = [c for c, v in trials.items() if g(v) > 0]
+        lo = max(below) if below else None
+        hi = min((c for c in above if lo is None or c > lo), default=None)
+        if lo is not None and hi is not None:
+            width = hi - lo
+            if width <= 1:
+                note = "no lambda code lands within the tolerance; closest one used"
+                break
+            glo, ghi = g(trials[lo]), g(trials[hi])
+            nxt = lo + (hi - lo) * (-glo) / (ghi - glo) if ghi > glo else (lo + hi) / 2
+            if last_width is not None and width > last_width / 2:
+                nxt = (lo + hi) / 2  # interpolation is not shrinking the bracket fast enough
+            last_width = width
+            nxt = min(max(round(nxt), lo + 1), hi - 1)
+        else:
+            # not bracketed yet: Newton step with the best slope estimate
+            pts = sorted(trials.items())
+            if len(pts) >= 2:
+                (c1, v1), (c2, v2) = pts[0], pts[-1]
+                s = (g(v2) - g(v1)) / (c2 - c1)
+                if s > slope / 10:
+                    slope = s
+            gv = g(value)
+            step = -gv / slope
+            step = max(abs(step) * 1.1, 1) * (1 if step > 0 else -1)  # overshoot a little
+            nxt = min(max(round(code + step), 0), code_max)
+            if nxt in trials:
+                end = "highest" if gv < 0 else "lowest"
+                note = (f"target out of reach: the model's {end} lambda "
+                        f"({lmbda_range.decode(nxt):.4g}) gives the closest result")
+                break
+        code = int(nxt)
+        if code in trials:
+            note = "no lambda code lands within the tolerance; closest one used"
+            break
+    best = min(trials, key=lambda c: abs(g(trials[c])))
+    if not converged and ok(trials[best]):
+        converged, note = True, None
+    return RateControlReport(kind=kind, target=target, code=best, achieved=trials[best],
+                             iterations=len(trials), seconds=time.perf_counter() - t0,
+                             converged=converged, note=note, trials=list(trials.items()))
