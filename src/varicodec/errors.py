@@ -11,3 +11,7 @@ class FormatError(VaricodecError):
 
 class ModelMismatchError(VaricodecError):
     """A file was written by a model other than the one offered to decode it."""
+
+
+class VaricodecWarning(UserWarning):
+    """A lossy conversion or other surprise the user should hear about (not an error)."""
