@@ -1,0 +1,192 @@
+"""Results files: one JSON document per evaluated curve.
+
+The schema (``"schema": "varicodec-eval/1"``) is documented field by field in
+``docs/eval.md``. In short::
+
+    {
+      "schema": "varicodec-eval/1",
+      "label": "hyperprior-ecgbm",        curve name used by plots and tables
+      "kind": "model" | "codec",
+      "model": {...} | null,              name, arch, variant, files (+ fingerprints),
+                                          parameters, bytes_on_disk, trained, config
+      "codec": {...} | null,              name, description, library, setting, options
+      "coder": "varicodec.codec",         what produced the files whose size is the rate
+      "dataset": {"path", "name", "images", "limit"},
+      "environment": {...},               git commit, machine, torch threads, versions, time
+      "points": [                          one per rate point, in the order run
+        {"setting": {...}, "lmbda", "quality", "source", "fingerprint",
+         "bpp", "bpp_estimate", "psnr_db", "ms_ssim", "ms_ssim_db",
+         "encode_s", "decode_s", "encoder_flops", "decoder_flops",
+         "sparsity": {layer: fraction}, "sparsity_mean",
+         "images": [{"image", "width", "height", "bytes", "bpp", ...}]}
+      ]
+    }
+
+Every mean is the plain average over images of the per-image values (as in
+CompressAI's evaluation); values that do not apply are ``null``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SCHEMA",
+    "PER_IMAGE_MEANS",
+    "environment",
+    "summarize",
+    "save_results",
+    "load_results",
+    "curve",
+    "jsonable",
+]
+
+SCHEMA = "varicodec-eval/1"
+
+#: per-image fields averaged into each rate point
+PER_IMAGE_MEANS = (
+    "bpp", "bpp_estimate", "psnr_db", "ms_ssim", "encode_s", "decode_s",
+    "encoder_flops", "decoder_flops",
+)
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001 - a missing optional library is just recorded as None
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what a measurement ran (stored in every results file)."""
+    from .. import __version__
+
+    repo = Path(__file__).resolve().parents[3]
+    commit = _git(["rev-parse", "HEAD"], repo)
+    dirty = None
+    if commit is not None:
+        status = _git(["status", "--porcelain", "--untracked-files=no"], repo)
+        dirty = bool(status) if status is not None else None
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "machine": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "varicodec": __version__,
+        "torch": torch.__version__,
+        "compressai": _version("compressai"),
+        "pillow": _version("PIL"),
+        "imagecodecs": _version("imagecodecs"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(images: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means over images of one rate point: the fields of :data:`PER_IMAGE_MEANS`,
+    ``ms_ssim_db`` and the per-layer ``sparsity`` (plus its mean over layers)."""
+    from ..metrics import ms_ssim_db
+
+    out: dict[str, Any] = {k: _mean(im.get(k) for im in images) for k in PER_IMAGE_MEANS}
+    ms = out["ms_ssim"]
+    out["ms_ssim_db"] = ms_ssim_db(ms) if ms is not None and ms < 1 else None
+    layers: dict[str, list[float]] = {}
+    for im in images:
+        for name, s in (im.get("sparsity") or {}).items():
+            layers.setdefault(name, []).append(s)
+    out["sparsity"] = {n: float(np.mean(v)) for n, v in layers.items()}
+    out["sparsity_mean"] = _mean(out["sparsity"].values())
+    return out
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN and ±inf become ``null``, numpy scalars Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``results`` as indented JSON (atomically) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check one results file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such results file: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a varicodec results file (schema {SCHEMA})")
+    if not data.get("points"):
+        raise ValueError(f"{path} has no rate points")
+    data.setdefault("label", path.stem)
+    data["_path"] = str(path)
+    return data
+
+
+def curve(
+    results: dict[str, Any], y: str = "psnr_db", x: str = "bpp",
+) -> tuple[list[float], list[float]]:
+    """``(xs, ys)`` of the points where both are known, sorted by ``x``."""
+    pts = [(p[x], p[y]) for p in results["points"]
+           if p.get(x) is not None and p.get(y) is not None]
+    pts.sort()
+    return [a for a, _ in pts], [b for _, b in pts]

@@ -1,0 +1,204 @@
+"""The paper's tables, as Markdown, from results files.
+
+Sections (each appears when its inputs are present):
+
+1. **Curves** — every results file: points, rate range, BD-rate / BD-PSNR
+   against an anchor curve (``--anchor LABEL``; default the ``jpeg`` codec
+   when present) and, for our models, against CompressAI's published curve of
+   the same architecture.
+2. **Gating against the dense model** — for each architecture, every gated
+   set (``ecg``, ``ecgbm``) against the ``base`` set, per quality (points
+   matched by λ): PSNR drop in %, FLOP reduction × (encoder, decoder, both),
+   mean sparsity over gated layers; the paper's Table 1.
+3. **Variable rate against the fixed set** — each variable-rate model
+   (``bm``, ``ecgbm``) against ``base`` (and ``ecg``) of its architecture:
+   BD-rate, BD-PSNR, and the storage saving of one model against the fixed
+   set (bytes on disk).
+
+PSNR drop % = ``(PSNR_base − PSNR_x) / PSNR_base · 100``; FLOP reduction =
+``FLOPs_base / FLOPs_x`` at the same λ, FLOPs as measured per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..metrics import bd_psnr, bd_rate
+from .reference import PUBLISHED_KODAK, reference_results
+from .results import curve
+
+__all__ = ["make_tables"]
+
+
+def _f(v: float | None, fmt: str) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+def _bd(anchor: dict, test: dict) -> tuple[float | None, float | None]:
+    ra, da = curve(anchor)
+    rt, dt = curve(test)
+    try:
+        return bd_rate(ra, da, rt, dt), bd_psnr(ra, da, rt, dt)
+    except ValueError:  # fewer than two points, or no overlap
+        return None, None
+
+
+def _key(result: dict) -> tuple[str, str] | None:
+    m = result.get("model") or {}
+    if result.get("kind") != "model" or "arch" not in m:
+        return None
+    return m["arch"], m["variant"]
+
+
+def _match(base: dict, other: dict) -> list[tuple[dict, dict]]:
+    pairs = []
+    for p in other["points"]:
+        lm = p.get("lmbda")
+        if lm is None:
+            continue
+        for b in base["points"]:
+            if b.get("lmbda") is not None and abs(b["lmbda"] - lm) <= 1e-3 * lm:
+                pairs.append((b, p))
+                break
+    return pairs
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _curves_section(results: Sequence[dict], anchor: dict | None) -> list[str]:
+    head = "| curve | kind | points | bpp range | PSNR range (dB) |"
+    sep = "|---|---|---|---|---|"
+    if anchor is not None:
+        head += f" BD-rate vs {anchor['label']} | BD-PSNR vs {anchor['label']} |"
+        sep += "---|---|"
+    head += " BD-rate vs CompressAI (published) |"
+    sep += "---|"
+    lines = ["## Curves", ""]
+    if anchor is not None:
+        lines += [f"Anchor: **{anchor['label']}**. BD-rate < 0 and BD-PSNR > 0 mean "
+                  "better than the anchor (Bjøntegaard, PCHIP, overlapping range).", ""]
+    lines += [head, sep]
+    for r in results:
+        bpp, psnr = curve(r)
+        row = (f"| {r['label']} | {r.get('kind', '?')} | {len(r['points'])} | "
+               f"{_f(min(bpp, default=None), '.3f')}–{_f(max(bpp, default=None), '.3f')} | "
+               f"{_f(min(psnr, default=None), '.2f')}–{_f(max(psnr, default=None), '.2f')} |")
+        if anchor is not None:
+            rate, dpsnr = (None, None) if r is anchor else _bd(anchor, r)
+            row += f" {_f(rate, '+.2f')} % | {_f(dpsnr, '+.3f')} dB |"
+        k = _key(r)
+        ref = "n/a"
+        if k is not None and k[0] in PUBLISHED_KODAK:
+            rate, _ = _bd(reference_results(k[0]), r)
+            ref = f"{_f(rate, '+.2f')} %"
+        lines.append(row + f" {ref} |")
+    return lines + [""]
+
+
+def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
+    lines: list[str] = []
+    for (arch, variant), gated in by_key.items():
+        if variant not in ("ecg", "ecgbm") or (arch, "base") not in by_key:
+            continue
+        base = by_key[(arch, "base")]
+        pairs = _match(base, gated)
+        if not pairs:
+            continue
+        if not lines:
+            lines = ["## Gating against the dense model", ""]
+        lines += [
+            f"### {arch}: {gated['label']} against {base['label']}", "",
+            "| q | λ | bpp base | bpp | PSNR base (dB) | PSNR (dB) | PSNR drop % | "
+            "FLOP × enc | FLOP × dec | FLOP × total | sparsity |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for b, p in pairs:
+            drop = ((b["psnr_db"] - p["psnr_db"]) / b["psnr_db"] * 100
+                    if b.get("psnr_db") and p.get("psnr_db") else None)
+            tot_b = (b.get("encoder_flops") or 0) + (b.get("decoder_flops") or 0)
+            tot_p = (p.get("encoder_flops") or 0) + (p.get("decoder_flops") or 0)
+            lines.append(
+                f"| {_f(p.get('quality'), '.2f')} | {p['lmbda']:.4g} | {_f(b.get('bpp'), '.3f')} | "
+                f"{_f(p.get('bpp'), '.3f')} | {_f(b.get('psnr_db'), '.2f')} | "
+                f"{_f(p.get('psnr_db'), '.2f')} | {_f(drop, '.2f')} | "
+                f"{_f(_ratio(b.get('encoder_flops'), p.get('encoder_flops')), '.2f')} | "
+                f"{_f(_ratio(b.get('decoder_flops'), p.get('decoder_flops')), '.2f')} | "
+                f"{_f(_ratio(tot_b, tot_p), '.2f')} | {_f(p.get('sparsity_mean'), '.3f')} |"
+            )
+        rate, dpsnr = _bd(base, gated)
+        lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f')} %, "
+                  f"BD-PSNR {_f(dpsnr, '+.3f')} dB.", ""]
+    return lines
+
+
+def _variable_rate_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
+    rows: list[str] = []
+    for (arch, variant), vr in by_key.items():
+        if variant not in ("bm", "ecgbm"):
+            continue
+        for fixed_variant in ("base", "ecg"):
+            fixed = by_key.get((arch, fixed_variant))
+            if fixed is None:
+                continue
+            rate, dpsnr = _bd(fixed, vr)
+            sparsity = [p["sparsity_mean"] for p in vr["points"]
+                        if p.get("sparsity_mean") is not None]
+            vr_bytes = (vr.get("model") or {}).get("bytes_on_disk")
+            fx = fixed.get("model") or {}
+            fixed_bytes, n_fixed = fx.get("bytes_on_disk"), fx.get("models")
+            saving = (1 - vr_bytes / fixed_bytes) * 100 if vr_bytes and fixed_bytes else None
+            mean_s = sum(sparsity) / len(sparsity) if sparsity else None
+            rows.append(
+                f"| {arch} | {vr['label']} | {fixed['label']} ({n_fixed} models) | "
+                f"{_f(rate, '+.2f')} % | {_f(dpsnr, '+.3f')} dB | {_f(mean_s, '.3f')} | "
+                f"{vr_bytes if vr_bytes else 'n/a'} | {fixed_bytes if fixed_bytes else 'n/a'} | "
+                f"{_f(saving, '.1f')} % |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Variable rate against the fixed set", "",
+        "| arch | variable-rate model | fixed set | BD-rate | BD-PSNR | mean sparsity | "
+        "bytes (one model) | bytes (fixed set) | storage saving |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows, "",
+    ]
+
+
+def make_tables(results: Sequence[dict], anchor: str | None = None) -> str:
+    """The Markdown tables for ``results`` (loaded results files)."""
+    results = list(results)
+    if not results:
+        raise ValueError("no results to tabulate")
+    anchor_result = None
+    if anchor is not None:
+        anchor_result = next((r for r in results if r["label"] == anchor), None)
+        if anchor_result is None:
+            raise ValueError(f"no curve labelled {anchor!r}; have "
+                             f"{', '.join(r['label'] for r in results)}")
+    else:
+        anchor_result = next((r for r in results if (r.get("codec") or {}).get("name") == "jpeg"),
+                             None)
+    by_key: dict[tuple[str, str], dict] = {}
+    notes: list[str] = []
+    for r in results:
+        k = _key(r)
+        if k is None:
+            continue
+        if k in by_key:
+            notes.append(f"- {r['label']}: a second {k[0]}-{k[1]} curve; sections 2–3 use "
+                         f"{by_key[k]['label']}.")
+            continue
+        by_key[k] = r
+    lines = _curves_section(results, anchor_result)
+    lines += _gating_section(by_key)
+    lines += _variable_rate_section(by_key)
+    untrained = [r["label"] for r in results if (r.get("model") or {}).get("trained") is False]
+    if untrained:
+        notes.append(f"- untrained (randomly initialised) models: {', '.join(untrained)}.")
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
+    return "\n".join(lines).rstrip() + "\n"
