@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["RandomCropFolder", "list_images", "IMAGE_SUFFIXES"]
+__all__ = ["RandomCropFolder", "ResumableSampler", "list_images", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -97,3 +97,24 @@ class RandomCropFolder(Dataset):
         if random.random() < 0.5:
             a = a[::-1]
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """An endless stream of shuffled indices that can restart mid-stream.
+
+    Epoch ``e`` is a permutation drawn from ``seed + e``; ``start`` skips that
+    many indices, so a resumed run sees the same images in the same order.
+    """
+
+    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+        self.size, self.seed, self.start = size, seed, start
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+    def __iter__(self):
+        epoch, skip = divmod(self.start, self.size)
+        while True:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            yield from torch.randperm(self.size, generator=g)[skip:].tolist()
+            epoch, skip = epoch + 1, 0

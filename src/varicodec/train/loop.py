@@ -22,12 +22,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..errors import VaricodecError
 from ..imageio import load_rgb, to_tensor
 from ..losses import RateDistortionLoss
 from ..models import VaricodecModel, create_model, read_card
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import TrainConfig
-from .data import RandomCropFolder, list_images
+from .data import RandomCropFolder, ResumableSampler, list_images
 
 __all__ = ["train", "build_model", "git_commit", "load_init_weights"]
 
@@ -112,11 +113,20 @@ def sample_lmbda(cfg: TrainConfig, model: VaricodecModel, batch: int) -> torch.T
 
 
 def _center_crops(folder: str, count: int, size: int) -> list[torch.Tensor]:
+    """Centre crops (multiples of 64 px) of the first ``count`` usable images."""
     crops = []
-    for p in list_images(folder)[:count]:
-        x = to_tensor(load_rgb(p))
+    for p in list_images(folder):
+        if len(crops) == count:
+            break
+        try:
+            x = to_tensor(load_rgb(p))
+        except (VaricodecError, OSError, ValueError) as e:
+            print(f"validation: skipping {p.name} ({e})", file=sys.stderr)
+            continue
         h, w = x.shape[-2:]
         s = min(size, h - h % 64, w - w % 64)
+        if s < 64:
+            continue
         t, left = (h - s) // 2, (w - s) // 2
         crops.append(x[:, :, t:t + s, left:left + s])
     return crops
@@ -227,8 +237,10 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     criterion = RateDistortionLoss(cfg.gamma, cfg.regularizer, cfg.alpha_target,
                                    cfg.sparsity_target)
     data = RandomCropFolder(cfg.train_dir, cfg.crop, tuple(cfg.scale), verbose=main_proc)
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7 + step)
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+    sampler = ResumableSampler(len(data), seed=cfg.seed * 1000 + rank * 7919,
+                               start=step * cfg.batch_size)
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + step)
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, generator=g,
                         persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
                         worker_init_fn=_seed_worker)
@@ -260,11 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     model.train()
     it = iter(loader)
     while step < cfg.steps and not stop["flag"]:
-        try:
-            x = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x = next(it)
+        x = next(it)
         x = x.to(device, non_blocking=True)
         factor = _lr_factor(cfg, step)
         for grp in opt.param_groups:

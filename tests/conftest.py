@@ -1,0 +1,42 @@
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def image():
+    """A smooth-ish 1×3×128×64 test image (tiny, deterministic)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 3, 16, 8, generator=g)
+    x = torch.nn.functional.interpolate(base, size=(128, 64), mode="bilinear", align_corners=False)
+    return (x + 0.05 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+
+
+def tiny(name: str, **kw):
+    from varicodec import create_model
+
+    torch.manual_seed(0)
+    return create_model(name, N=16, M=16, **kw)
+
+
+def set_sparsity(model, alpha: float = 0.8) -> None:
+    """Open the gates part way so that coding exercises the gated paths."""
+    for _, g in model.gates():
+        g.alpha.data.fill_(alpha)
+
+
+@pytest.fixture
+def data_dir():
+    if not (DATA / "train").is_dir():
+        pytest.skip(f"training data not found at {DATA} (see ../shared/data/README.md)")
+    return DATA

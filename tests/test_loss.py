@@ -1,0 +1,39 @@
+import pytest
+import torch
+from conftest import set_sparsity, tiny
+
+from varicodec import RateDistortionLoss
+
+
+def test_loss_terms(image):
+    model = tiny("hyperprior-ecgbm").train()
+    set_sparsity(model, 0.5)
+    out = model(image.repeat(2, 1, 1, 1), lmbda=torch.tensor([0.002, 0.1]))
+    r = RateDistortionLoss(gamma=0.0)(out, image.repeat(2, 1, 1, 1), model)
+    assert set(r) == {"loss", "bpp", "mse", "psnr_db", "sparsity", "reg"}
+    assert r["bpp"] > 0 and 0 <= r["sparsity"] <= 1
+    ra = RateDistortionLoss(gamma=2.0, regularizer="alpha", alpha_target=1.0)(
+        out, image.repeat(2, 1, 1, 1), model)
+    n = len(model.gates())
+    assert ra["reg"].item() == pytest.approx(n * 0.25)
+    assert (ra["loss"] - r["loss"]).item() == pytest.approx(2.0 * n * 0.25, rel=1e-4)
+    rs = RateDistortionLoss(gamma=1.0, regularizer="sparsity", sparsity_target=0.5)(
+        out, image.repeat(2, 1, 1, 1), model)
+    expected = sum((float(g.sparsity) - 0.5) ** 2 for _, g in model.gates())
+    assert rs["reg"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_per_example_lambda_weights_distortion(image):
+    model = tiny("hyperprior-bm").train()
+    x = image.repeat(2, 1, 1, 1)
+    torch.manual_seed(0)
+    out = model(x, lmbda=torch.tensor([0.002, 0.002]))
+    lo = RateDistortionLoss()(out, x, model)
+    out["lmbda"] = torch.tensor([0.1, 0.1])
+    hi = RateDistortionLoss()(out, x, model)
+    assert (hi["loss"] - lo["loss"]).item() == pytest.approx((0.098 * 255**2 * lo["mse"]).item(), rel=1e-4)
+
+
+def test_bad_regularizer():
+    with pytest.raises(ValueError):
+        RateDistortionLoss(regularizer="l1")

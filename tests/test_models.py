@@ -1,0 +1,112 @@
+"""The twelve models: shapes, gradients, real coding equal to the forward pass."""
+
+import pytest
+import torch
+from conftest import set_sparsity, tiny
+
+from varicodec import list_models
+from varicodec.layers import BitrateModulator, EnergyChannelGate
+
+ALL = list_models()
+
+
+def _lm(model, value=0.01):
+    return value if model.variable_rate else None
+
+
+def test_registry_has_twelve():
+    assert len(ALL) == 12
+    assert {n.split("-")[1] for n in ALL} == {"base", "ecg", "bm", "ecgbm"}
+
+
+def test_unknown_name_is_clear():
+    from varicodec import create_model
+
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("hyperprior-fancy")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_and_backward(name, image):
+    model = tiny(name).train()
+    x = image.repeat(2, 1, 1, 1)
+    lm = torch.tensor([0.002, 0.1]) if model.variable_rate else None
+    out = model(x, lmbda=lm)
+    assert out["x_hat"].shape == x.shape
+    assert set(out["likelihoods"]) == {"y", "z"}
+    assert out["likelihoods"]["y"].shape[:2] == (2, 16)
+    from varicodec import RateDistortionLoss
+
+    loss = RateDistortionLoss(gamma=0.5, regularizer="sparsity")(out, x, model)["loss"]
+    loss.backward()
+    for m in model.modules():
+        if isinstance(m, EnergyChannelGate):
+            assert m.alpha.grad is not None and m.kernel_logits.grad is not None
+        if isinstance(m, BitrateModulator):
+            assert m.fc2.weight.grad is not None and m.fc2.weight.grad.abs().sum() > 0
+    assert model.gated == bool(model.gates())
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("joint")])
+def test_coding_matches_forward(name, image):
+    model = tiny(name).eval()
+    set_sparsity(model)
+    model.update()
+    with torch.no_grad():
+        ref = model(image, lmbda=_lm(model))
+        ref_y = model._y_hat.clone()
+    c = model.compress(image, lmbda=_lm(model))
+    assert all(isinstance(s[0], bytes) for s in c["strings"])
+    d = model.decompress(c["strings"], c["shape"], c["lmbda_code"])
+    torch.testing.assert_close(d["y_hat"], ref_y, atol=1e-5, rtol=0)
+    torch.testing.assert_close(d["x_hat"], ref["x_hat"].clamp(0, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n.startswith("joint")])
+def test_joint_coding_matches_encoder(name, image):
+    """The joint model quantises around the predicted mean while coding (CompressAI's
+    training pass rounds around 0), so the reference is the encoder's own ŷ."""
+    model = tiny(name).eval()
+    set_sparsity(model)
+    model.update()
+    seen = {}
+    original = model.net._compress_ar
+
+    def spy(y_hat, *args):
+        out = original(y_hat, *args)
+        seen["y_hat"] = y_hat[:, :, 2:-2, 2:-2].clone()
+        return out
+
+    model.net._compress_ar = spy
+    c = model.compress(image, lmbda=_lm(model))
+    d = model.decompress(c["strings"], c["shape"], c["lmbda_code"])
+    torch.testing.assert_close(d["y_hat"], seen["y_hat"], atol=1e-5, rtol=0)
+    assert d["x_hat"].shape == image.shape
+
+
+def test_fixed_rate_refuses_other_lambda(image):
+    model = tiny("hyperprior-base", lmbda=0.0067).eval()
+    model.update()
+    with pytest.raises(ValueError, match="fixed-rate"):
+        model.compress(image, lmbda=0.05)
+
+
+def test_image_size_must_be_multiple(image):
+    model = tiny("mean-base").eval()
+    with pytest.raises(ValueError, match="multiples of 64"):
+        model(image[:, :, :100])
+
+
+def test_save_load_roundtrip(tmp_path, image):
+    from varicodec import load_model, save_model
+
+    model = tiny("hyperprior-ecgbm").eval()
+    set_sparsity(model, 0.5)
+    path = save_model(model, tmp_path / "m.safetensors", card={"note": "test"})
+    loaded = load_model(path)
+    assert loaded.card == {"note": "test"}
+    c1 = model.compress(image, lmbda=0.02)
+    c2 = loaded.compress(image, lmbda=0.02)
+    assert c1["strings"] == c2["strings"]
+    d = loaded.decompress(c1["strings"], c1["shape"], c1["lmbda_code"])
+    assert d["x_hat"].shape == image.shape
