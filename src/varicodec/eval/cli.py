@@ -84,7 +84,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .runner import evaluate_codec, evaluate_models, list_images, model_set, parse_values
 
     dataset = args.dataset
-    if dataset is None and args.model and len(args.model) > 1 and Path(args.model[-1]).is_dir():
+    if dataset is None and args.model and len(args.model) > 1 and _not_a_model(args.model[-1]):
         dataset = args.model.pop()  # `--model a b DATASET`: the folder was swallowed
     if dataset is None:
         raise ValueError("give the DATASET folder (put it before --model, or after a single one)")
@@ -122,6 +122,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _print_summary(results)
     print(f"wrote {out}")
     return 0
+
+
+def _not_a_model(token: str) -> bool:
+    from ..models import list_models
+
+    p = Path(token)
+    return p.is_dir() or not (p.is_file() or token in list_models() or "@q" in token)
 
 
 def _print_summary(results: dict) -> None:

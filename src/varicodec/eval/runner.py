@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..imageio import load_rgb, pad_to_multiple, to_tensor
@@ -57,13 +56,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tif
 
 # ------------------------------------------------------------------- coder
 class Coder(Protocol):
-    """The real file format: what the rate of a model is measured on."""
+    """The real file format: what the rate of a model is measured on.
+
+    ``model`` is the weights file when the model has one (so the coder loads
+    and fingerprints it once, as it does for users) or the model itself;
+    ``lmbda`` is ``None`` for fixed-rate models.
+    """
 
     name: str
 
-    def encode(self, rgb: np.ndarray, model: VaricodecModel, lmbda: float | None) -> bytes: ...
+    def encode(self, rgb: np.ndarray, model: VaricodecModel | Path,
+               lmbda: float | None) -> bytes: ...
 
-    def decode(self, data: bytes, model: VaricodecModel) -> np.ndarray: ...
+    def decode(self, data: bytes, model: VaricodecModel | Path) -> np.ndarray: ...
 
 
 class VaricodecCoder:
@@ -81,13 +86,13 @@ class VaricodecCoder:
             ) from None
         self._codec = codec
 
-    def encode(self, rgb: np.ndarray, model: VaricodecModel, lmbda: float | None) -> bytes:
-        image = Image.fromarray(rgb, "RGB")
-        if model.variable_rate:
-            return self._codec.encode(image, model, lmbda=lmbda)
-        return self._codec.encode(image, model)
+    def encode(self, rgb: np.ndarray, model: VaricodecModel | Path,
+               lmbda: float | None) -> bytes:
+        if lmbda is None:
+            return self._codec.encode(rgb, model)
+        return self._codec.encode(rgb, model, lmbda=lmbda)
 
-    def decode(self, data: bytes, model: VaricodecModel) -> np.ndarray:
+    def decode(self, data: bytes, model: VaricodecModel | Path) -> np.ndarray:
         image = self._codec.decode(data, model)
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
@@ -336,12 +341,11 @@ def _model_info(model: VaricodecModel, files: Sequence[Path], trained: bool) -> 
     }
 
 
-def _warm_up(model: VaricodecModel, coder: Coder, rgb: np.ndarray, lmbda: float | None) -> None:
-    """One small round trip so lazy initialisation is not timed on the first image."""
-    f = model.downsampling_factor
-    h, w = min(rgb.shape[0], 2 * f), min(rgb.shape[1], 2 * f)
-    crop = np.ascontiguousarray(rgb[:h, :w])
-    coder.decode(coder.encode(crop, model, lmbda), model)
+def _warm_up(coder: Coder, spec: VaricodecModel | Path, rgb: np.ndarray, f: int,
+             lmbda: float | None) -> None:
+    """One small round trip so loading and lazy initialisation are not timed."""
+    crop = np.ascontiguousarray(rgb[: min(rgb.shape[0], 2 * f), : min(rgb.shape[1], 2 * f)])
+    coder.decode(coder.encode(crop, spec, lmbda), spec)
 
 
 def _model_passes(model: VaricodecModel, rgb: np.ndarray, lmbda: float | None,
@@ -397,14 +401,15 @@ def evaluate_models(
             model = rp.load().eval()
             if info is None:
                 info = _model_info(model, models.files, models.trained)
+            spec: VaricodecModel | Path = Path(rp.source) if rp.source else model
             if warm_up and model is not previous:
-                _warm_up(model, coder, next(iter(imgs))[1], rp.lmbda)
+                _warm_up(coder, spec, next(iter(imgs))[1], model.downsampling_factor, rp.lmbda)
             previous = model
             per_image = []
             for path, rgb in imgs:
                 t_start = time.perf_counter()
-                data, enc_s = _timed(coder.encode, rgb, model, rp.lmbda)
-                decoded, dec_s = _timed(coder.decode, data, model)
+                data, enc_s = _timed(coder.encode, rgb, spec, rp.lmbda)
+                decoded, dec_s = _timed(coder.decode, data, spec)
                 t0 = time.perf_counter()
                 row = _image_metrics(path.name, rgb, data, decoded)
                 row["metrics_s"] = time.perf_counter() - t0

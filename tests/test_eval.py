@@ -1,0 +1,208 @@
+"""Evaluation: runner, classical codecs, results files, plot, table, CLI (tiny and fast)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import set_sparsity, tiny
+from PIL import Image
+
+from varicodec.cli import main
+from varicodec.eval.classical import CODECS, get_codec
+from varicodec.eval.results import SCHEMA, load_results, save_results
+from varicodec.eval.runner import (
+    evaluate_codec,
+    evaluate_models,
+    list_images,
+    model_set,
+    parse_values,
+)
+from varicodec.eval.table import make_tables
+from varicodec.models import save_model
+
+TINY = {"N": 16, "M": 16}
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 3, yy * 2, (xx + yy) * 2], axis=-1) % 256
+    return np.clip(base + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    d = tmp_path / "images"
+    d.mkdir()
+    Image.fromarray(_rgb(64, 64, 0)).save(d / "a.png")
+    Image.fromarray(_rgb(48, 80, 1)).save(d / "b.png")  # not a multiple of 64: codec pads
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_parse_values():
+    assert parse_values("1..3") == [1, 2, 3]
+    assert parse_values(["1,2.5", "q8"]) == [1, 2.5, 8]
+    assert parse_values("0.0018,0.0035") == [0.0018, 0.0035]
+    with pytest.raises(ValueError):
+        parse_values("3..1")
+    with pytest.raises(ValueError):
+        parse_values("a,b")
+
+
+def test_list_images(dataset, tmp_path):
+    assert [p.name for p in list_images(dataset)] == ["a.png", "b.png"]
+    assert len(list_images(dataset, limit=1)) == 1
+    with pytest.raises(FileNotFoundError):
+        list_images(tmp_path / "missing")
+    with pytest.raises(ValueError):
+        list_images(tmp_path / "images" / ".." / "images", limit=0)
+
+
+def test_model_set_expansion(tmp_path):
+    s = model_set(["hyperprior-base@q1..3"], config=TINY)
+    assert [p.setting for p in s.points] == [{"quality": 1}, {"quality": 2}, {"quality": 3}]
+    assert not s.trained
+    assert s.points[2].load().lmbda == pytest.approx(0.0067)
+    for q, lm in ((1, 0.0018), (2, 0.0035)):
+        save_model(tiny("hyperprior-base", lmbda=lm), tmp_path / f"hp-q{q}.safetensors")
+    s = model_set([str(tmp_path / "hp@q1..2")])
+    assert s.trained and [p.source for p in s.points] == [
+        str(tmp_path / "hp-q1.safetensors"), str(tmp_path / "hp-q2.safetensors")]
+    with pytest.raises(FileNotFoundError, match="hp@q3"):
+        model_set([str(tmp_path / "hp@q1..3")])
+    with pytest.raises(ValueError, match="fixed-rate"):
+        model_set([str(tmp_path / "hp@q1..2")], qualities=[1.0])
+    vr = model_set(["hyperprior-bm"], qualities=[1, 4.5], config=TINY)
+    assert [p.lmbda for p in vr.points] == pytest.approx([0.0018, 0.0130 * (0.025 / 0.013) ** 0.5])
+    with pytest.raises(FileNotFoundError):
+        model_set(["no-such-thing"])
+
+
+def _point_checks(point, images=2):
+    assert len(point["images"]) == images
+    for row in point["images"]:
+        assert row["bpp"] == pytest.approx(row["bytes"] * 8 / (row["width"] * row["height"]))
+        assert row["psnr_db"] > 5 and row["encode_s"] > 0 and row["decode_s"] > 0
+    assert point["bpp"] == pytest.approx(np.mean([r["bpp"] for r in point["images"]]))
+
+
+def test_evaluate_variable_rate_gated(dataset, tmp_path):
+    model = tiny("hyperprior-ecgbm")
+    set_sparsity(model, 0.8)
+    model.eval().update(force=True)
+    path = save_model(model, tmp_path / "vr.safetensors")
+    res = evaluate_models(model_set([str(path)], qualities=[2, 6]), list_images(dataset)[1:],
+                          progress=False, warm_up=False, dataset_dir=dataset)
+    assert res["schema"] == SCHEMA and res["kind"] == "model" and res["coder"] == "varicodec.codec"
+    m = res["model"]
+    assert m["variant"] == "ecgbm" and m["bytes_on_disk"] == path.stat().st_size
+    assert m["parameters"] > 0 and m["trained"]
+    assert len(res["points"]) == 2
+    for p in res["points"]:
+        _point_checks(p, images=1)
+        assert p["encoder_flops"] > 0 and p["decoder_flops"] > 0
+        assert p["bpp_estimate"] > 0 and len(p["fingerprint"]) == 16
+        assert p["sparsity"] and 0 < p["sparsity_mean"] < 1
+        assert p["ms_ssim"] is None  # images below 161 px
+    assert res["points"][0]["lmbda"] < res["points"][1]["lmbda"]
+    env = res["environment"]
+    assert env["torch_threads"] >= 1 and env["varicodec"]
+    out = save_results(res, tmp_path / "r.json")
+    assert load_results(out)["points"][0]["images"][0]["image"] == "b.png"
+
+
+def test_gated_flops_count_only_active_channels(dataset):
+    images = list_images(dataset, limit=1)
+    dense = evaluate_models(model_set(["hyperprior-base"], config=TINY), images,
+                            progress=False, estimate=False, warm_up=False)
+    gated_model = tiny("hyperprior-ecg")
+    set_sparsity(gated_model, 1.0)
+    gated_model.eval().update(force=True)
+    s = model_set(["hyperprior-ecg"], config=TINY)
+    s.points[0].load = lambda: gated_model
+    gated = evaluate_models(s, images, progress=False, estimate=False, warm_up=False)
+    d, g = dense["points"][0], gated["points"][0]
+    assert g["sparsity_mean"] > 0.2
+    assert g["encoder_flops"] < d["encoder_flops"]
+    assert g["decoder_flops"] < d["decoder_flops"]
+
+
+def test_classical_codecs_round_trip():
+    rgb = _rgb(64, 64, 2)
+    for name, codec in CODECS.items():
+        if codec.check():
+            continue
+        lo, hi = codec.sweep[2], codec.sweep[-2]
+        a, b = codec.encode(rgb, lo), codec.encode(rgb, hi)
+        assert codec.decode(a).shape == rgb.shape, name
+        assert len(a) < len(b), name
+    with pytest.raises(ValueError, match="unknown codec"):
+        get_codec("bpg")
+
+
+def test_evaluate_codec(dataset):
+    res = evaluate_codec(get_codec("jpeg"), list_images(dataset), [10, 80], progress=False)
+    assert res["kind"] == "codec" and res["codec"]["setting"] == "quality"
+    p10, p80 = res["points"]
+    _point_checks(p10)
+    assert p10["setting"] == {"quality": 10}
+    assert p10["bpp"] < p80["bpp"] and p10["psnr_db"] < p80["psnr_db"]
+    assert p10["encoder_flops"] is None
+
+
+def _fake(label, arch, variant, rates, psnrs, flops=None, sparsity=None, nbytes=None, n=1):
+    points = []
+    for i, (r, d) in enumerate(zip(rates, psnrs)):
+        points.append({
+            "setting": {"quality": i + 1}, "lmbda": [0.0018, 0.0035, 0.0067, 0.013][i],
+            "quality": i + 1, "bpp": r, "psnr_db": d, "ms_ssim": 0.9 + 0.02 * i,
+            "ms_ssim_db": 10 + i, "encoder_flops": flops and flops[i],
+            "decoder_flops": flops and flops[i], "sparsity": sparsity or {},
+            "sparsity_mean": (sum(sparsity.values()) / len(sparsity)) if sparsity else None,
+        })
+    return {"schema": SCHEMA, "label": label, "kind": "model",
+            "model": {"arch": arch, "variant": variant, "bytes_on_disk": nbytes, "models": n,
+                      "trained": True},
+            "points": points}
+
+
+def test_table_and_plot(tmp_path):
+    rates, psnrs = [0.15, 0.25, 0.4, 0.6], [28.0, 30.0, 32.0, 34.0]
+    base = _fake("base", "hyperprior", "base", rates, psnrs, flops=[4e9] * 4,
+                 nbytes=8000, n=8)
+    ecg = _fake("ecg", "hyperprior", "ecg", rates, [p * 0.99 for p in psnrs], flops=[2e9] * 4,
+                sparsity={"net.g_a.2": 0.5, "net.g_s.0": 0.25})
+    vr = _fake("vr", "hyperprior", "ecgbm", [0.9 * r for r in rates], psnrs,
+               sparsity={"net.g_a.2": 0.4, "net.g_s.0": 0.6}, nbytes=1000)
+    text = make_tables([base, ecg, vr])
+    assert "| 1.00 | 0.0018 | 0.150 | 0.150 | 28.00 | 27.72 | 1.00 | 2.00 | 2.00 | 2.00 | 0.375 |" \
+        in text
+    assert "| hyperprior | vr | base (8 models) | -10.00 % |" in text
+    assert "| 87.5 % |" in text  # 1 − 1000/8000
+    paths = []
+    for r in (base, ecg, vr):
+        paths.append(save_results(r, tmp_path / f"{r['label']}.json"))
+    fig = tmp_path / "fig.png"
+    assert main(["plot", *map(str, paths), "-o", str(fig), "--reference", "hyperprior"]) == 0
+    assert fig.stat().st_size > 10_000
+    assert main(["table", *map(str, paths), "--anchor", "base", "-o",
+                 str(tmp_path / "t.md")]) == 0
+    assert "BD-rate vs base" in (tmp_path / "t.md").read_text()
+
+
+def test_cli_eval(dataset, tmp_path, capsys):
+    out = tmp_path / "jpeg.json"
+    assert main(["eval", "--codec", "jpeg", str(dataset), "--sweep", "20,60", "-o", str(out)]) == 0
+    assert [p["setting"]["quality"] for p in json.loads(out.read_text())["points"]] == [20, 60]
+    assert main(["eval", "--codec", "jpeg", str(dataset), "-o", str(out)]) == 2  # exists
+    out2 = tmp_path / "bm.json"
+    assert main(["eval", "--model", "hyperprior-bm", str(dataset), "--N", "16", "--M", "16",
+                 "--quality", "3", "--limit", "1", "--no-flops", "-o", str(out2)]) == 0
+    res = load_results(out2)
+    assert res["model"]["trained"] is False and res["points"][0]["encoder_flops"] is None
+    assert main(["eval", "--model", "hyperprior-bm", str(tmp_path / "nope"),
+                 "-o", str(tmp_path / "x.json")]) == 2
+    assert "no such dataset folder" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["table", str(tmp_path / "bad.json")]) == 2
