@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="override the recipe's run name")
     p.add_argument("--out-dir", help="override the recipe's output folder (default runs/)")
     p.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    p.add_argument("--threads", type=int, help="override the recipe's torch thread count")
     p.add_argument("--max-minutes", type=float,
                    help="stop cleanly (with a checkpoint) after this much wall-clock time")
     p.set_defaults(func=_train)
@@ -31,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .loop import train
 
-    cfg = load_config(args.config, name=args.name, out_dir=args.out_dir, steps=args.steps)
+    cfg = load_config(args.config, name=args.name, out_dir=args.out_dir, steps=args.steps,
+                      threads=args.threads)
     train(cfg, resume=args.resume, init=args.init, max_minutes=args.max_minutes)
     return 0
 

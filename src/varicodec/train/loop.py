@@ -331,6 +331,9 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C / SIGTERM are for the main process, which checkpoints and then stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
