@@ -60,7 +60,7 @@ def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
         return math.nan
 
     def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
+        return torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)[None]
 
     with torch.no_grad():
         return float(_ms_ssim(t(reference), t(decoded), data_range=255.0, size_average=True))
