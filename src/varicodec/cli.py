@@ -17,6 +17,7 @@ from .errors import VaricodecError
 
 #: modules that add subcommands (looked up lazily so `--help` stays fast)
 SUBCOMMAND_MODULES = (
+    "varicodec.demo",
     "varicodec.codec.cli",
     "varicodec.train.cli",
     "varicodec.eval.cli",
