@@ -1,0 +1,247 @@
+"""``varicodec encode | decode | info``.
+
+Default names: ``photo.png`` → ``photo.vcd`` → ``photo.vcd.png``. A folder
+as input codes every image (or every ``.vcd``) in it, not recursively, into
+``-o OUTDIR`` (created if its parent exists; default: beside the inputs).
+Outputs are written to a temporary file in the target folder and moved into
+place, so a failure never leaves a partial file; an existing output is
+refused unless ``--force``, and an input is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import FormatError, VaricodecError, VaricodecWarning
+from ..imageio import save_image
+from .format import MAGIC
+
+SUFFIX = ".vcd"
+DECODED_SUFFIX = ".png"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    enc = sub.add_parser(
+        "encode", help="compress an image (or a folder of images) to .vcd",
+        description="Compress an image to a .vcd file. Without a rate option a variable-rate "
+        "model codes at quality 5.",
+    )
+    enc.add_argument("input", help="image file or folder of images")
+    enc.add_argument("-o", "--output", help="output file or folder (default: IN with .vcd)")
+    enc.add_argument("--model", help="registry name or .safetensors path "
+                     "(default: bundled hyperprior-ecgbm)")
+    rate = enc.add_mutually_exclusive_group()
+    rate.add_argument("--lmbda", type=float, help="trade-off factor lambda (model's range)")
+    rate.add_argument("--quality", type=float, help="continuous quality 1..8")
+    rate.add_argument("--bpp", type=float, help="target bits per pixel (rate control)")
+    rate.add_argument("--psnr", type=float, help="target PSNR in dB (rate control)")
+    enc.add_argument("--tolerance", type=float,
+                     help="rate-control tolerance: relative for --bpp (0.02), dB for --psnr (0.1)")
+    enc.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    enc.set_defaults(func=_cmd_encode)
+
+    dec = sub.add_parser("decode", help="decompress a .vcd file (or a folder of them)")
+    dec.add_argument("input", help=".vcd file or folder of .vcd files")
+    dec.add_argument("-o", "--output", help="output image or folder (default: IN.png); the "
+                     "extension picks the format")
+    dec.add_argument("--model", help="registry name or .safetensors path "
+                     "(default: the bundled weights named in the file)")
+    dec.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    dec.set_defaults(func=_cmd_decode)
+
+    inf = sub.add_parser("info", help="show a .vcd file's header")
+    inf.add_argument("input", help=".vcd file")
+    inf.add_argument("--model", help="weights whose lambda range turns the code into lambda")
+    inf.add_argument("--json", action="store_true", help="print JSON")
+    inf.set_defaults(func=_cmd_info)
+
+
+# ------------------------------------------------------------------ files
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None], force: bool) -> None:
+    """Write ``path`` via a temporary file in its folder and ``os.replace``."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (use --force to overwrite)")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _check_output(src: Path, out: Path, force: bool) -> None:
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    if out.is_dir():
+        raise IsADirectoryError(f"output {out} is a folder")
+    if out.exists():
+        if src.exists() and os.path.samefile(src, out):
+            raise FileExistsError(f"refusing to overwrite the input {src}")
+        if not force:
+            raise FileExistsError(f"{out} exists (use --force to overwrite)")
+
+
+def _read_vcd(path: Path) -> bytes:
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a .vcd file")
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+        if head != MAGIC[: len(head)] or not head:
+            raise FormatError(f"{path}: not a varicodec file (bad magic; expected 'VCD')")
+        return head + f.read()
+
+
+def _default_output(src: Path, decode: bool) -> Path:
+    return src.with_name(src.name + DECODED_SUFFIX) if decode else src.with_suffix(SUFFIX)
+
+
+def _resolve_output(src: Path, output: str | None, decode: bool) -> Path:
+    if output is None:
+        return _default_output(src, decode)
+    out = Path(output)
+    if out.is_dir():  # a folder as -o for one file: keep the default name, inside it
+        return out / _default_output(src, decode).name
+    return out
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in Image.registered_extensions() and not p.name.startswith(".")
+
+
+# --------------------------------------------------------------- reporting
+def _warn_lines(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        print(f"varicodec: warning: {w.message}", file=sys.stderr)
+
+
+def _fmt_db(v: float | None) -> str:
+    if v is None:
+        return ""
+    return "  inf dB" if math.isinf(v) else f"  {v:.2f} dB"
+
+
+# --------------------------------------------------------------- commands
+def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> str:
+    from .api import encode_image
+
+    _check_output(src, out, args.force)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = encode_image(src, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
+                         psnr=args.psnr, tolerance=args.tolerance)
+    _warn_lines([w for w in caught
+                 if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))])
+    write_atomic(out, lambda f: f.write(r.data), args.force)
+    lm = f"  lambda {r.lmbda:.5g}" + (f" (code {r.lmbda_code})" if r.lmbda_code is not None else "")
+    line = (f"{src} -> {out}  {r.width}x{r.height} {r.mode}  {len(r.data)} B  "
+            f"{r.bpp:.4f} bpp{_fmt_db(r.psnr_db)}{lm}  {r.seconds:.2f} s")
+    if r.rate_control is not None:
+        line += "\n  " + r.rate_control.summary()
+    return line
+
+
+def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> str:
+    from .api import decode_image
+
+    t0 = time.perf_counter()
+    _check_output(src, out, args.force)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image file extension {out.suffix!r} for {out} (use .png)")
+    data = _read_vcd(src)
+    image, c = decode_image(data, args.model)
+    write_atomic(out, lambda f: save_image(image, f, fmt), args.force)
+    return (f"{src} -> {out}  {c.width}x{c.height} {c.mode}  "
+            f"{len(data) * 8 / c.pixels:.4f} bpp  {time.perf_counter() - t0:.2f} s")
+
+
+def _run(args: argparse.Namespace, decode: bool) -> int:
+    one = _decode_one if decode else _encode_one
+    src = Path(args.input)
+    if not src.exists():
+        raise FileNotFoundError(f"no such file or folder: {src}")
+    if not src.is_dir():
+        print(one(src, _resolve_output(src, args.output, decode), args))
+        return 0
+    # a folder
+    if decode:
+        inputs = sorted(p for p in src.iterdir() if p.is_file() and p.suffix == SUFFIX)
+    else:
+        inputs = sorted(p for p in src.iterdir() if p.is_file() and _is_image_name(p))
+    if not inputs:
+        raise VaricodecError(f"no {'.vcd files' if decode else 'images'} in {src}")
+    out_dir = Path(args.output) if args.output else src
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output {out_dir} is not a folder")
+    if not out_dir.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out_dir.parent} does not exist")
+    outputs = [out_dir / _default_output(p, decode).name for p in inputs]
+    seen: dict[Path, Path] = {}
+    for p, o in zip(inputs, outputs):
+        if o in seen:
+            raise VaricodecError(f"{seen[o].name} and {p.name} would both be written to {o.name}")
+        seen[o] = p
+    out_dir.mkdir(exist_ok=True)
+    from tqdm import tqdm
+
+    failed = 0
+    bar = tqdm(list(zip(inputs, outputs)), unit="img", file=sys.stderr, leave=False,
+               disable=None)
+    for p, o in bar:
+        try:
+            tqdm.write(one(p, o, args))
+        except (VaricodecError, ValueError, OSError) as e:
+            failed += 1
+            tqdm.write(f"varicodec: error: {p.name}: {e}", file=sys.stderr)
+    bar.close()
+    print(f"{len(inputs) - failed} of {len(inputs)} files {'decoded' if decode else 'encoded'}"
+          f" into {out_dir}")
+    return 2 if failed else 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    return _run(args, decode=False)
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    return _run(args, decode=True)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .api import info
+
+    d = info(_read_vcd(Path(args.input)), args.model)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        if isinstance(v, float):
+            v = f"{v:.6g}"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a} {b} B" for a, b in v.items())
+        print(f"{k:<{width}}  {v}")
+    return 0
