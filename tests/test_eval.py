@@ -186,9 +186,10 @@ def test_table_and_plot(tmp_path):
     fig = tmp_path / "fig.png"
     assert main(["plot", *map(str, paths), "-o", str(fig), "--reference", "hyperprior"]) == 0
     assert fig.stat().st_size > 10_000
-    assert main(["table", *map(str, paths), "--anchor", "base", "-o",
+    assert main(["table", *map(str, paths), "--anchor", "base", "--points", "-o",
                  str(tmp_path / "t.md")]) == 0
-    assert "BD-rate vs base" in (tmp_path / "t.md").read_text()
+    md = (tmp_path / "t.md").read_text()
+    assert "BD-rate vs base" in md and "### vr" in md
 
 
 def test_cli_eval(dataset, tmp_path, capsys):

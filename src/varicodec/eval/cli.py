@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("--anchor", metavar="LABEL", help="BD-rate anchor curve (default: jpeg)")
+    p.add_argument("--reference", action="append", default=[],
+                   choices=["hyperprior", "mean", "joint"],
+                   help="add CompressAI's published Kodak curve of this architecture as a curve")
+    p.add_argument("--points", action="store_true", help="also list every rate point")
     p.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
     p.set_defaults(func=_cmd_table)
 
@@ -157,10 +161,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
+    from .reference import reference_results
     from .results import load_results
     from .table import make_tables
 
-    text = make_tables([load_results(p) for p in args.results], anchor=args.anchor)
+    results = [load_results(p) for p in args.results]
+    results += [reference_results(a) for a in args.reference]
+    text = make_tables(results, anchor=args.anchor, points=args.points)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)

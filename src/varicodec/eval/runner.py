@@ -396,6 +396,7 @@ def evaluate_models(
     bar = tqdm(total=len(models.points) * len(imgs.paths), desc=models.label, unit="img",
                disable=not progress, dynamic_ncols=True)
     previous: VaricodecModel | None = None
+    fingerprints: dict[int, str] = {}
     try:
         for rp in models.points:
             model = rp.load().eval()
@@ -420,10 +421,12 @@ def evaluate_models(
                 bar.update(1)
                 bar.set_postfix(bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr_db']:.2f}")
             lm = per_image[0]["lmbda"]
+            if id(model) not in fingerprints:
+                fingerprints[id(model)] = weights_fingerprint(model).hex()
             point = {
                 "setting": rp.setting, "lmbda": lm, "quality": round(lmbda_to_quality(lm), 4),
                 "source": rp.source,
-                "fingerprint": weights_fingerprint(model).hex(),
+                "fingerprint": fingerprints[id(model)],
                 "parameters": parameter_count(model),
                 "bytes_on_disk": Path(rp.source).stat().st_size if rp.source else None,
             }

@@ -14,6 +14,8 @@ Sections (each appears when its inputs are present):
    (``bm``, ``ecgbm``) against ``base`` (and ``ecg``) of its architecture:
    BD-rate, BD-PSNR, and the storage saving of one model against the fixed
    set (bytes on disk).
+4. **Rate points** (``points=True``) — every point of every curve: setting,
+   bpp (real and estimated), PSNR, MS-SSIM, times, FLOPs, sparsity.
 
 PSNR drop % = ``(PSNR_base − PSNR_x) / PSNR_base · 100``; FLOP reduction =
 ``FLOPs_base / FLOPs_x`` at the same λ, FLOPs as measured per image.
@@ -86,8 +88,10 @@ def _curves_section(results: Sequence[dict], anchor: dict | None) -> list[str]:
         row = (f"| {r['label']} | {r.get('kind', '?')} | {len(r['points'])} | "
                f"{_f(min(bpp, default=None), '.3f')}–{_f(max(bpp, default=None), '.3f')} | "
                f"{_f(min(psnr, default=None), '.2f')}–{_f(max(psnr, default=None), '.2f')} |")
-        if anchor is not None:
-            rate, dpsnr = (None, None) if r is anchor else _bd(anchor, r)
+        if anchor is r:
+            row += " (anchor) | (anchor) |"
+        elif anchor is not None:
+            rate, dpsnr = _bd(anchor, r)
             row += f" {_f(rate, '+.2f')} % | {_f(dpsnr, '+.3f')} dB |"
         k = _key(r)
         ref = "n/a"
@@ -168,8 +172,42 @@ def _variable_rate_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
     ]
 
 
-def make_tables(results: Sequence[dict], anchor: str | None = None) -> str:
-    """The Markdown tables for ``results`` (loaded results files)."""
+def _points_section(results: Sequence[dict]) -> list[str]:
+    lines = ["## Rate points", "",
+             "Means over the images. Times are wall clock per image on the machine in each "
+             "file's `environment`.", ""]
+    for r in results:
+        has_model = r.get("kind") == "model"
+        head = "| setting | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode s | decode s |"
+        sep = "|---|---|---|---|---|---|---|"
+        if has_model:
+            head += " bpp estimate | GFLOPs enc | GFLOPs dec | sparsity |"
+            sep += "---|---|---|---|"
+        lines += [f"### {r['label']}", "", head, sep]
+        for p in r["points"]:
+            setting = ", ".join(f"{k} {v:g}" for k, v in (p.get("setting") or {}).items())
+            if not setting and p.get("lmbda") is not None:
+                setting = f"lmbda {p['lmbda']:g}"
+            elif not setting and p.get("quality") is not None:
+                setting = f"quality {p['quality']:g}"
+            row = (f"| {setting} | {_f(p.get('bpp'), '.4f')} | {_f(p.get('psnr_db'), '.2f')} | "
+                   f"{_f(p.get('ms_ssim'), '.4f')} | {_f(p.get('ms_ssim_db'), '.2f')} | "
+                   f"{_f(p.get('encode_s'), '.3f')} | {_f(p.get('decode_s'), '.3f')} |")
+            if has_model:
+                ef, df = p.get("encoder_flops"), p.get("decoder_flops")
+                row += (f" {_f(p.get('bpp_estimate'), '.4f')} | "
+                        f"{_f(ef / 1e9 if ef else None, '.2f')} | "
+                        f"{_f(df / 1e9 if df else None, '.2f')} | "
+                        f"{_f(p.get('sparsity_mean'), '.3f')} |")
+            lines.append(row)
+        lines.append("")
+    return lines
+
+
+def make_tables(results: Sequence[dict], anchor: str | None = None,
+                points: bool = False) -> str:
+    """The Markdown tables for ``results`` (loaded results files); ``points`` adds
+    every rate point of every curve."""
     results = list(results)
     if not results:
         raise ValueError("no results to tabulate")
@@ -196,6 +234,8 @@ def make_tables(results: Sequence[dict], anchor: str | None = None) -> str:
     lines = _curves_section(results, anchor_result)
     lines += _gating_section(by_key)
     lines += _variable_rate_section(by_key)
+    if points:
+        lines += _points_section(results)
     untrained = [r["label"] for r in results if (r.get("model") or {}).get("trained") is False]
     if untrained:
         notes.append(f"- untrained (randomly initialised) models: {', '.join(untrained)}.")
