@@ -18,6 +18,21 @@ the dense one it was initialised from. Larger ``α`` → higher threshold → sp
 
 Training uses a straight-through estimator: the forward value is the hard gate,
 the gradient is that of ``sigmoid((e/l − α) / τ)``.
+
+Inference (the sparse path). At batch size 1 outside training a gated
+convolution does not multiply its input by the gate: it gathers the live input
+channels and the matching weight slice and runs the convolution on that smaller
+problem, so the work of the convolution scales with ``1 − sparsity``. It runs
+in channels-last (NHWC) layout, for which oneDNN's kernels are up to about 2×
+faster on CPU (transposed convolutions most), and hands channels-last
+activations on; outputs with fewer than 4 channels (images) come back in the
+standard layout. The result equals the masked dense computation up to float
+rounding. :func:`varicodec.sparse.sparse_execution` switches it off.
+
+What the gate cannot save: to decide, it needs the energy of every input
+channel, so the layer producing those channels (its convolution, bias, GDN or
+ReLU) runs in full, gated-off channels included; only the consuming
+convolution shrinks. ``docs/results/sparse.md`` measures what that costs.
 """
 
 from __future__ import annotations
@@ -93,9 +108,24 @@ class EnergyChannelGate(nn.Module):
         local = F.conv1d(F.pad(energy.unsqueeze(1), (pad, pad), mode="replicate"), k)
         return self.alpha * local.squeeze(1), local.squeeze(1)
 
+    @staticmethod
+    def energy(x: Tensor) -> Tensor:
+        """Per-channel energy ``mean_{h,w} x²`` (``B×C``) in one pass, without a
+        ``B×C×H×W`` temporary (inference only: equal to ``x.pow(2).mean((2, 3))``
+        up to float rounding, about 1e-6 relative).
+        """
+        if x.is_contiguous():
+            # reduces over the contiguous inner dims: one fused pass
+            e = torch.linalg.vector_norm(x, dim=(2, 3))
+            return e.square_().div_(x.shape[2] * x.shape[3])
+        return x.pow(2).mean(dim=(2, 3))  # channels-last: the norm kernel is slow here
+
     def decide(self, x: Tensor) -> Tensor:
         """Return the gate ``B×C`` (float; hard values, surrogate gradient in training)."""
-        energy = x.pow(2).mean(dim=(2, 3))
+        if self.training:
+            energy = x.pow(2).mean(dim=(2, 3))
+        else:
+            energy = self.energy(x)
         th, local = self.threshold(energy)
         hard = energy > th
         if self.training:
@@ -109,7 +139,10 @@ class EnergyChannelGate(nn.Module):
             self.unstable = bool((close & (scale > 1e-10)).any())
         return gate
 
-    def forward(self, x: Tensor) -> Tensor:
+    def evaluate(self, x: Tensor) -> Tensor:
+        """Decide without applying: return the gate ``B×C`` and set ``mask``,
+        ``sparsity`` and ``unstable`` exactly as :meth:`forward` does.
+        """
         if self.forced_mask is not None:
             gate = self.forced_mask.to(x.dtype)
             self.unstable = False
@@ -117,28 +150,82 @@ class EnergyChannelGate(nn.Module):
             gate = self.decide(x)
         self.mask = gate.detach() > 0.5
         self.sparsity = 1.0 - gate.mean()
-        return x * gate[:, :, None, None]
+        return gate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.evaluate(x)[:, :, None, None]
+
+
+_CL = torch.channels_last
+
+
+def _gather_channels(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[:, idx]`` as a channels-last tensor, in one copy.
+
+    From channels-last input the gather runs on the ``(B·H·W)×C`` matrix
+    view, where ``index_select`` is a plain strided copy; the same gather
+    through the 4-D channels-last tensor is about 10× slower.
+    """
+    b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=_CL) and not x.is_contiguous():
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        return rows.index_select(1, idx).view(b, h, w, idx.numel()).permute(0, 3, 1, 2)
+    return x.index_select(1, idx).contiguous(memory_format=_CL)
 
 
 class _GatedMixin:
     """Shared logic of gated convolutions: gate, then run on the live channels only.
 
     With ``sparse`` on (the default), at inference with batch size 1 the
-    convolution runs on the active input channels and the matching weight slice;
-    the result equals the masked dense computation.
+    convolution runs on the active input channels and the matching weight
+    slice (see the module docstring); otherwise the input is multiplied by
+    the gate and the full convolution runs (the masked dense computation).
+    ``sparse_channels_last`` picks the layout of the sparse path.
     """
 
     gate: EnergyChannelGate
     sparse: bool
+    sparse_channels_last: bool
+    in_channels: int
+    out_channels: int
+    groups: int
+    padding_mode: str
+    weight: Tensor
+    training: bool
 
-    def _active(self, x: Tensor) -> Tensor | None:
-        if not self.sparse or self.training or x.shape[0] != 1:
-            return None
+    #: input-channel axis of ``weight`` (1 for Conv2d, 0 for ConvTranspose2d)
+    _weight_in_dim = 1
+
+    def _sparse_applies(self, x: Tensor) -> bool:
+        return (
+            self.sparse and not self.training and x.dim() == 4 and x.shape[0] == 1
+            and self.groups == 1 and self.padding_mode == "zeros"
+        )
+
+    def _sparse_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Decide the gate and return ``(live input, weight slice)``."""
+        self.gate.evaluate(x)
         assert self.gate.mask is not None
         idx = self.gate.mask[0].nonzero().flatten()
-        if idx.numel() == 0 or idx.numel() == self.gate.channels:
-            return None  # nothing to slice (an all-off input is all zeros: dense is exact)
-        return idx
+        layout = _CL if self.sparse_channels_last else torch.contiguous_format
+        if idx.numel() == self.in_channels:
+            return x.contiguous(memory_format=layout), self.weight.contiguous(memory_format=layout)
+        if idx.numel() == 0:
+            # an all-off input contributes nothing: one zero channel keeps the
+            # output shape and leaves exactly the bias
+            xs = x.new_zeros((1, 1, *x.shape[2:])).contiguous(memory_format=layout)
+            w = self.weight.narrow(self._weight_in_dim, 0, 1)
+            return xs, w.contiguous(memory_format=layout)
+        if self.sparse_channels_last:
+            xs = _gather_channels(x, idx)
+        else:
+            xs = x.contiguous().index_select(1, idx)
+        w = self.weight.index_select(self._weight_in_dim, idx).contiguous(memory_format=layout)
+        return xs, w
+
+    def _sparse_result(self, out: Tensor) -> Tensor:
+        # images (≤ 3 channels) leave in the standard layout; it costs little there
+        return out.contiguous() if self.out_channels < 4 else out
 
 
 class GatedConv2d(_GatedMixin, nn.Conv2d):
@@ -148,39 +235,44 @@ class GatedConv2d(_GatedMixin, nn.Conv2d):
     (``weight``, ``bias``) so dense checkpoints load into gated models.
     """
 
+    _weight_in_dim = 1
+
     def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
         self.sparse = True
+        self.sparse_channels_last = True
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.gate(x)
-        idx = self._active(x)
-        if idx is None:
-            return super().forward(x)
-        return F.conv2d(
-            x.index_select(1, idx), self.weight.index_select(1, idx), self.bias,
-            self.stride, self.padding, self.dilation, self.groups,
-        )
+        if not self._sparse_applies(x):
+            return super().forward(self.gate(x))
+        xs, w = self._sparse_operands(x)
+        out = F.conv2d(xs, w, self.bias, self.stride, self.padding, self.dilation, 1)
+        return self._sparse_result(out)
 
 
 class GatedConvTranspose2d(_GatedMixin, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` with an :class:`EnergyChannelGate` on its input."""
 
+    _weight_in_dim = 0
+
     def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
         self.sparse = True
+        self.sparse_channels_last = True
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
-        x = self.gate(x)
-        idx = self._active(x)
-        if idx is None:
-            return super().forward(x, output_size)
-        return F.conv_transpose2d(
-            x.index_select(1, idx), self.weight.index_select(0, idx), self.bias,
-            self.stride, self.padding, self.output_padding, self.groups, self.dilation,
+        if not self._sparse_applies(x):
+            return super().forward(self.gate(x), output_size)
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation,
         )
+        xs, w = self._sparse_operands(x)
+        out = F.conv_transpose2d(
+            xs, w, self.bias, self.stride, self.padding, output_padding, 1, self.dilation,
+        )
+        return self._sparse_result(out)
 
 
 def _gated_copy(conv: nn.Conv2d | nn.ConvTranspose2d, gate_kwargs: dict) -> nn.Module:
