@@ -119,9 +119,10 @@ def _from_pil(im: Image.Image, what: str, max_pixels: int) -> SourceImage:
     check_size(*im.size, max_pixels)
     if getattr(im, "n_frames", 1) > 1:
         _warn(f"{what}: {im.n_frames} frames, only the first is coded")
-    rawmode = ""
-    if im.tile:
-        args = im.tile[0].args if hasattr(im.tile[0], "args") else im.tile[0][3]
+    rawmode = ""  # the file's sample layout, e.g. "RGB;16B" (Pillow keeps only 8 bits)
+    tile = getattr(im, "tile", None)
+    if tile:
+        args = tile[0][3]
         rawmode = args if isinstance(args, str) else str(args[0]) if args else ""
     im.load()
     im = ImageOps.exif_transpose(im)

@@ -19,9 +19,10 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
 
 The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉``
 (the models' downsampling factor). Everything but the four payloads is
-*overhead*: 24 bytes for a fixed-rate model, 26 for a variable-rate one, plus
-1-3 bytes for ``len(z)``, 1 if a side stream is present and 1-4 if alpha is —
-at most 32 bytes in all (``Container.overhead``; sizes up to 2²⁸ pixels).
+*overhead* (``Container.overhead``): 22 bytes plus 2 for the λ code of a
+variable-rate model, 1-3 for ``len(z)`` (z < 2 MiB), 1 if a side stream is
+present and 1-4 if alpha is (alpha stream < 256 MiB) — 25 bytes for a typical
+variable-rate RGB file and at most 32 in all.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -190,6 +191,8 @@ class Container:
         most ``max_pixels``), declared lengths against the bytes present, CRC.
         """
         data = bytes(data)
+        if not data:
+            raise FormatError("empty file, not a varicodec file")
         if len(data) < 4 or data[:3] != MAGIC:
             if MAGIC.startswith(data[:3]) and len(data) < 4:
                 raise FormatError("file is truncated (shorter than a .vcd header)")

@@ -1,0 +1,186 @@
+"""varicodec.codec.encode / decode / info on tiny models (N = M = 16)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from varicodec.codec import decode, decode_image, encode, encode_image, info, pretrained
+from varicodec.errors import FormatError, ModelMismatchError, VaricodecError, VaricodecWarning
+from varicodec.models import save_model
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tiny_model = bench("fuzz_format").tiny_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    paths = {}
+    for key, name, seed in (("vr", "hyperprior-ecgbm", 0), ("other", "hyperprior-ecgbm", 1),
+                            ("fixed", "hyperprior-base", 0)):
+        paths[key] = save_model(tiny_model(name, seed), d / f"{key}.safetensors")
+    return paths
+
+
+def smooth(h, w, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+    return img if c == 3 else img[..., 0]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53), (64, 64), (65, 130)])
+def test_rgb_roundtrip_sizes(models, shape):
+    img = smooth(*shape)
+    data = encode(img, models["vr"], quality=6)
+    out = decode(data, models["vr"])
+    assert out.mode == "RGB" and out.size == (shape[1], shape[0])
+    assert info(data)["bytes"] == len(data)
+
+
+def test_encode_result_and_info(models):
+    r = encode_image(smooth(40, 60), models["vr"], lmbda=0.01)
+    assert r.bpp == len(r.data) * 8 / (40 * 60)
+    assert r.psnr_db is not None and r.psnr_db > 0  # random weights: low, but finite
+    assert abs(r.lmbda - 0.01) < 1e-4 and r.lmbda_code is not None
+    d = info(r.data, models["vr"])
+    assert d["width"] == 60 and d["height"] == 40 and d["mode"] == "RGB"
+    assert d["overhead_bytes"] == r.overhead_bytes <= 32
+    assert abs(d["lmbda"] - r.lmbda) < 1e-12
+    assert d["model"] == "hyperprior-ecgbm" and len(d["fingerprint"]) == 16
+    # PSNR reported by the encoder is that of what decode returns
+    out = np.asarray(decode(r.data, models["vr"]))
+    mse = np.mean((out.astype(float) - smooth(40, 60)) ** 2)
+    assert abs(10 * np.log10(255**2 / mse) - r.psnr_db) < 1e-9
+
+
+def test_deterministic(models):
+    img = smooth(30, 30)
+    assert encode(img, models["vr"], quality=3) == encode(img, models["vr"], quality=3)
+
+
+def test_gray_rgba_la(models):
+    g = smooth(33, 20, c=1)
+    out = decode(encode(g, models["vr"], quality=5), models["vr"])
+    assert out.mode == "L" and out.size == (20, 33)
+
+    rgba = np.dstack([smooth(30, 40), (np.arange(30 * 40) % 256).reshape(30, 40)]).astype(np.uint8)
+    out = decode(encode(rgba, models["vr"], quality=5), models["vr"])
+    assert out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], rgba[..., 3])  # alpha is lossless
+
+    la = np.dstack([g, np.full_like(g, 255)])
+    data = encode(la, models["vr"], quality=5)
+    assert info(data)["streams"]["alpha"] == 0  # opaque alpha costs nothing
+    out = decode(data, models["vr"])
+    assert out.mode == "LA" and (np.asarray(out)[..., 1] == 255).all()
+
+
+def test_pil_and_path_inputs(models, tmp_path):
+    img = smooth(20, 24)
+    p = tmp_path / "x.png"
+    Image.fromarray(img).save(p)
+    a = encode(Image.fromarray(img), models["vr"], quality=4)
+    b = encode(p, models["vr"], quality=4)
+    c = encode(str(p), models["vr"], quality=4)
+    assert a == b == c
+
+
+def test_16bit_array_warns(models):
+    img = (smooth(16, 16).astype(np.uint16) * 257)[..., 0]
+    with pytest.warns(VaricodecWarning, match="16-bit"):
+        data = encode(img, models["vr"], quality=4)
+    assert decode(data, models["vr"]).mode == "L"
+
+
+@pytest.mark.xfail(reason="models.io.save_model(half=True) stores float buffers (GDN pedestal, "
+                   "scale/likelihood bounds) as fp16, so a saved model differs from the "
+                   "loaded one", strict=False)
+def test_saved_model_matches_its_file(tmp_path):
+    m = tiny_model("hyperprior-ecgbm", 0)
+    path = save_model(m, tmp_path / "m.safetensors")  # rounds m's weights to what is stored
+    data = encode(smooth(20, 20), m, quality=4)
+    decode(data, path)  # the in-memory model and its file should have the same fingerprint
+
+
+def test_model_objects_and_mismatch(models):
+    m = pretrained.resolve_model(models["vr"])  # a VaricodecModel object
+    data = encode(smooth(20, 20), m, quality=4)
+    decode(data, models["vr"])
+    with pytest.raises(ModelMismatchError, match="other hyperprior-ecgbm weights"):
+        decode(data, models["other"])
+    with pytest.raises(ModelMismatchError, match="not 'hyperprior-base'"):
+        decode(data, models["fixed"])
+
+
+def test_fixed_rate_model(models):
+    data = encode(smooth(20, 20), models["fixed"])
+    assert info(data)["lmbda_code"] is None
+    decode(data, models["fixed"])
+    with pytest.raises(ValueError, match="fixed-rate"):
+        encode(smooth(20, 20), models["fixed"], quality=3)
+    with pytest.raises(ValueError, match="variable-rate"):
+        encode(smooth(20, 20), models["fixed"], bpp=0.5)
+
+
+def test_rate_option_errors(models):
+    img = smooth(8, 8)
+    with pytest.raises(ValueError, match="at most one"):
+        encode(img, models["vr"], quality=3, lmbda=0.01)
+    with pytest.raises(ValueError, match="outside this model's trained range"):
+        encode(img, models["vr"], lmbda=5.0)
+    with pytest.raises(ValueError, match="quality"):
+        encode(img, models["vr"], quality=9)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive"):
+            encode(img, models["vr"], bpp=bad)
+
+
+def test_model_resolution_errors(models, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "none")
+    with pytest.raises(VaricodecError, match="no bundled weights for model 'hyperprior-ecgbm'"):
+        encode(smooth(8, 8))
+    data = encode(smooth(8, 8), models["vr"], quality=2)
+    with pytest.raises(ModelMismatchError, match="not bundled"):
+        decode(data)
+    with pytest.raises(VaricodecError, match="unknown model"):
+        encode(smooth(8, 8), "resnet50")
+    with pytest.raises(VaricodecError, match="no such weights file"):
+        encode(smooth(8, 8), str(tmp_path / "missing.safetensors"))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not weights")
+    with pytest.raises(VaricodecError, match="cannot load weights"):
+        encode(smooth(8, 8), junk)
+    # bundled weights are found by name, for encoding and (from the header) decoding
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", models["vr"].parent)
+    (models["vr"].parent / "hyperprior-ecgbm.safetensors").write_bytes(models["vr"].read_bytes())
+    data = encode(smooth(8, 8), quality=2)
+    assert decode(data).size == (8, 8)
+
+
+def test_untabled_model_refused():
+    m = tiny_model()
+    m.net.entropy_bottleneck._offset = torch.zeros(0, dtype=torch.int32)
+    with pytest.raises(VaricodecError, match="update"):
+        encode(smooth(8, 8), m, quality=2)
+
+
+def test_decode_limits(models):
+    data = encode(smooth(64, 64), models["vr"], quality=2)
+    with pytest.raises(FormatError, match="exceeds the limit"):
+        decode(data, models["vr"], max_pixels=1000)
+    img, c = decode_image(data, models["vr"])
+    assert c.width == 64 and img.size == (64, 64)
