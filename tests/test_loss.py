@@ -31,7 +31,8 @@ def test_per_example_lambda_weights_distortion(image):
     lo = RateDistortionLoss()(out, x, model)
     out["lmbda"] = torch.tensor([0.1, 0.1])
     hi = RateDistortionLoss()(out, x, model)
-    assert (hi["loss"] - lo["loss"]).item() == pytest.approx((0.098 * 255**2 * lo["mse"]).item(), rel=1e-4)
+    expected = (0.098 * 255**2 * lo["mse"]).item()
+    assert (hi["loss"] - lo["loss"]).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_bad_regularizer():

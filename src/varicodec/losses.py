@@ -11,7 +11,6 @@ direct target on each gated layer's sparsity ``Σ_n (s_n − s_t)²``
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

@@ -328,7 +328,8 @@ class VaricodecModel(nn.Module):
         lm = None
         if self.variable_rate:
             if lmbda_code is None:
-                raise ValueError(f"{self.name} is a variable-rate model: the lambda code is missing")
+                raise ValueError(
+                    f"{self.name} is a variable-rate model: the lambda code is missing")
             assert self.lmbda_range is not None
             lm = self._lmbda_batch(self.lmbda_range.decode(lmbda_code), batch, "cpu")
             lm = lm.to(next(self.parameters()).device)
