@@ -329,7 +329,7 @@ def gate_cost(model, runner: Runner, x, c: dict, reps: int) -> dict[str, Any]:
         for name, xin in inputs.items():
             gate = convs[name].gate
             te, td = [], []
-            for _ in range(reps):
+            for _ in range(max(reps, 5)):
                 te.append(timed(gate.energy, xin)[1])
                 td.append(timed(gate.evaluate, xin)[1])
             per_layer[name] = {"shape": list(xin.shape), "energy_s": median(te),
