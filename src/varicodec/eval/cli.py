@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    choices=["hyperprior", "mean", "joint"],
                    help="add CompressAI's published Kodak curve of this architecture")
     p.add_argument("--title", help="figure title")
+    p.add_argument("--max-bpp", type=float, help="limit the rate axis of the RD panels")
     p.set_defaults(func=_cmd_plot)
 
     p = subparsers.add_parser(
@@ -155,7 +156,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .results import load_results
 
     results = [load_results(p) for p in args.results]
-    out = plot_results(results, args.output, references=args.reference, title=args.title)
+    out = plot_results(results, args.output, references=args.reference, title=args.title,
+                       max_bpp=args.max_bpp)
     print(f"wrote {out}")
     return 0
 

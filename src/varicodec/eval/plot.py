@@ -52,8 +52,12 @@ def plot_results(
     output: str | os.PathLike,
     references: Sequence[str] = (),
     title: str | None = None,
+    max_bpp: float | None = None,
 ) -> Path:
-    """Draw the panels for ``results`` (loaded results files) into ``output`` (PNG, PDF, SVG)."""
+    """Draw the panels for ``results`` (loaded results files) into ``output`` (PNG, PDF, SVG).
+
+    ``max_bpp`` limits the rate axis of the RD panels (points beyond it are left out).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,9 +90,14 @@ def plot_results(
             metric = "psnr_db" if panel == "psnr" else "ms_ssim_db"
             for r in results + (refs if panel == "psnr" else []):
                 xs, ys = curve(r, metric)
+                if max_bpp is not None:
+                    keep = [i for i, x in enumerate(xs) if x <= max_bpp]
+                    xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
                 if xs:
                     style = {"color": color_of.get(id(r))} | _style(r)
                     ax.plot(xs, ys, label=r["label"], **style)
+            if max_bpp is not None:
+                ax.set_xlim(0, max_bpp)
             ax.set_xlabel("rate (bpp, real file size)")
             ax.set_ylabel("PSNR (dB, RGB)" if panel == "psnr" else "MS-SSIM (dB)")
             ax.set_title("Rate–distortion" + (" (MS-SSIM)" if panel == "msssim" else ""))
