@@ -1,0 +1,243 @@
+"""`varicodec encode | decode | info` in-process: every input kind, every bad input."""
+
+import importlib.util
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+from PIL import Image
+
+from varicodec.cli import main
+from varicodec.models import save_model
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+_spec = importlib.util.spec_from_file_location("fuzz_format", BENCH / "fuzz_format.py")
+_fuzz = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fuzz)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "vr": str(save_model(_fuzz.tiny_model("hyperprior-ecgbm", 0), d / "vr.safetensors")),
+        "other": str(save_model(_fuzz.tiny_model("hyperprior-ecgbm", 1), d / "o.safetensors")),
+        "fixed": str(save_model(_fuzz.tiny_model("hyperprior-base", 0), d / "f.safetensors")),
+    }
+
+
+def rgb(h=37, w=53, seed=0):
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray((rng.random((4, 4, 3)) * 255).astype(np.uint8))
+    return np.asarray(small.resize((w, h), Image.BILINEAR))
+
+
+def write_inputs(d: Path) -> dict[str, tuple[str, tuple[int, int]]]:
+    """name → (expected decoded mode, expected size W×H)."""
+    a = rgb()
+    alpha = (np.arange(37 * 53) % 251).reshape(37, 53).astype(np.uint8)
+    Image.fromarray(a).save(d / "rgb.png")
+    Image.fromarray(a[..., 0]).save(d / "gray.png")
+    Image.fromarray(a[..., 0] > 128).save(d / "bw.png")
+    Image.fromarray(np.dstack([a, alpha])).save(d / "rgba.png")
+    Image.fromarray(np.dstack([a, np.full_like(alpha, 255)])).save(d / "opaque.png")
+    Image.fromarray(np.dstack([a[..., 0], alpha])).save(d / "la.png")
+    Image.fromarray(a[..., 0].astype(np.uint16) * 257).save(d / "gray16.png")
+    (d / "rgb16.png").write_bytes(imagecodecs.png_encode(a.astype(np.uint16) * 257))
+    Image.fromarray(a).quantize(16).save(d / "palette.png")
+    pt = Image.fromarray(a).quantize(16)
+    pt.save(d / "palette_t.png", transparency=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    Image.fromarray(a).save(d / "exif.jpg", exif=exif, quality=95)
+    Image.fromarray(a).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(a[:1, :1]).save(d / "one.png")
+    Image.fromarray(a).save(d / "rgb.bmp")
+    return {
+        "rgb.png": ("RGB", (53, 37)), "gray.png": ("L", (53, 37)), "bw.png": ("L", (53, 37)),
+        "rgba.png": ("RGBA", (53, 37)), "opaque.png": ("RGBA", (53, 37)),
+        "la.png": ("LA", (53, 37)), "gray16.png": ("L", (53, 37)),
+        "rgb16.png": ("RGB", (53, 37)), "palette.png": ("RGB", (53, 37)),
+        "palette_t.png": ("RGBA", (53, 37)), "exif.jpg": ("RGB", (37, 53)),
+        "cmyk.jpg": ("RGB", (53, 37)), "one.png": ("RGB", (1, 1)), "rgb.bmp": ("RGB", (53, 37)),
+    }
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    return d, write_inputs(d)
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def listing(d: Path) -> set[str]:
+    return set(os.listdir(d))
+
+
+def test_roundtrip_every_input_kind(models, inputs, tmp_path, capsys):
+    src, kinds = inputs
+    for name, (mode, size) in kinds.items():
+        vcd = tmp_path / (name + ".vcd")
+        rc, out, err = run(capsys, "encode", src / name, "-o", vcd, "--model", models["vr"],
+                           "--quality", 5)
+        assert rc == 0, (name, err)
+        assert "bpp" in out and " dB" in out, out
+        if name in ("gray16.png", "rgb16.png"):
+            assert "warning: " in err and "16-bit" in err, (name, err)
+        if name == "cmyk.jpg":
+            assert "CMYK" in err
+        rc, out, err = run(capsys, "decode", vcd, "--model", models["vr"])
+        assert rc == 0, (name, err)
+        with Image.open(str(vcd) + ".png") as im:
+            assert (im.mode, im.size) == (mode, size), name
+            if name in ("rgba.png", "la.png"):
+                with Image.open(src / name) as orig:
+                    assert np.array_equal(np.asarray(im)[..., -1], np.asarray(orig)[..., -1])
+
+
+def test_default_names_and_info(models, tmp_path, capsys):
+    Image.fromarray(rgb()).save(tmp_path / "photo.png")
+    rc, out, _ = run(capsys, "encode", tmp_path / "photo.png", "--model", models["vr"],
+                     "--lmbda", 0.01)
+    assert rc == 0 and (tmp_path / "photo.vcd").is_file()
+    bpp = (tmp_path / "photo.vcd").stat().st_size * 8 / (53 * 37)
+    assert f"{bpp:.4f} bpp" in out
+    rc, out, _ = run(capsys, "decode", tmp_path / "photo.vcd", "--model", models["vr"])
+    assert rc == 0 and (tmp_path / "photo.vcd.png").is_file()
+    rc, out, _ = run(capsys, "info", tmp_path / "photo.vcd", "--model", models["vr"])
+    assert rc == 0 and "overhead_bytes" in out and "hyperprior-ecgbm" in out
+    assert "lmbda " in out
+    rc, out, _ = run(capsys, "info", tmp_path / "photo.vcd", "--json")
+    assert rc == 0 and '"width": 53' in out
+    assert listing(tmp_path) == {"photo.png", "photo.vcd", "photo.vcd.png"}
+    # an existing folder as -o keeps the default name
+    (tmp_path / "sub").mkdir()
+    assert run(capsys, "encode", tmp_path / "photo.png", "-o", tmp_path / "sub", "--model",
+               models["vr"])[0] == 0
+    assert (tmp_path / "sub" / "photo.vcd").is_file()
+
+
+def test_folder_mode(models, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(rgb(seed=i)).save(src / f"im{i}.png")
+    (src / "notes.txt").write_text("not an image")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rc, out, err = run(capsys, "encode", src, "-o", tmp_path / "out", "--model", models["vr"],
+                       "--quality", 3)
+    assert rc == 2  # broken.png failed, the others went through
+    assert "broken.png" in err and "Traceback" not in err
+    assert listing(tmp_path / "out") == {"im0.vcd", "im1.vcd"}
+    assert "2 of 3 files encoded" in out
+    rc, out, err = run(capsys, "decode", tmp_path / "out", "-o", tmp_path / "dec",
+                       "--model", models["vr"])
+    assert rc == 0, err
+    assert listing(tmp_path / "dec") == {"im0.vcd.png", "im1.vcd.png"}
+    # outputs exist now: refused per file without --force, replaced with it
+    rc, _, err = run(capsys, "decode", tmp_path / "out", "-o", tmp_path / "dec",
+                     "--model", models["vr"])
+    assert rc == 2 and "--force" in err
+    assert run(capsys, "decode", tmp_path / "out", "-o", tmp_path / "dec", "--model",
+               models["vr"], "--force")[0] == 0
+    (src / "im0.jpg").write_bytes((src / "im0.png").read_bytes())
+    rc, _, err = run(capsys, "encode", src, "-o", tmp_path / "o2", "--model", models["vr"])
+    assert rc == 2 and "both be written" in err
+
+
+@pytest.fixture()
+def vcd(models, tmp_path, capsys):
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    assert run(capsys, "encode", tmp_path / "a.png", "--model", models["vr"],
+               "--quality", 4)[0] == 0
+    return tmp_path / "a.vcd"
+
+
+def recrc(b: bytes) -> bytes:
+    return b[:-4] + struct.pack(">I", zlib.crc32(b[:-4]))
+
+
+def expect_error(capsys, d: Path, pattern: str, *argv):
+    before = listing(d)
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2, (argv, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("varicodec: error:"), err
+    assert pattern in lines[0], (pattern, lines[0])
+    assert listing(d) == before, "a failed command left a file behind"
+
+
+def test_bad_inputs_encode(models, tmp_path, vcd, capsys):
+    d = tmp_path
+    m = ("--model", models["vr"])
+    (d / "text.png").write_text("hello")
+    expect_error(capsys, d, "not an image", "encode", d / "text.png", *m)
+    expect_error(capsys, d, "no such file", "encode", d / "missing.png", *m)
+    expect_error(capsys, d, "exists (use --force", "encode", d / "a.png", *m)
+    expect_error(capsys, d, "output folder", "encode", d / "a.png", "-o", d / "no" / "x.vcd", *m)
+    expect_error(capsys, d, "refusing to overwrite the input", "encode", d / "a.png", "-o",
+                 d / "a.png", "--force", *m)
+    expect_error(capsys, d, "outside this model's trained range", "encode", d / "a.png", "-o",
+                 d / "b.vcd", "--lmbda", 3, *m)
+    for bad in ("0", "-0.5", "nan"):
+        expect_error(capsys, d, "positive", "encode", d / "a.png", "-o", d / "b.vcd",
+                     "--bpp", bad, *m)
+    expect_error(capsys, d, "quality must lie in [1, 8]", "encode", d / "a.png", "-o",
+                 d / "b.vcd", "--quality", 9, *m)
+    expect_error(capsys, d, "variable-rate model", "encode", d / "a.png", "-o", d / "b.vcd",
+                 "--bpp", 0.5, "--model", models["fixed"])
+    expect_error(capsys, d, "unknown model", "encode", d / "a.png", "-o", d / "b.vcd",
+                 "--model", "resnet50")
+    expect_error(capsys, d, "no such weights file", "encode", d / "a.png", "-o", d / "b.vcd",
+                 "--model", d / "none.safetensors")
+    expect_error(capsys, d, "cannot load weights", "encode", d / "a.png", "-o", d / "b.vcd",
+                 "--model", d / "a.png")
+    assert run(capsys, "encode", d / "a.png", "--force", *m)[0] == 0
+
+
+def test_bad_inputs_decode(models, tmp_path, vcd, capsys):
+    d = tmp_path
+    m = ("--model", models["vr"])
+    data = vcd.read_bytes()
+    cases = {
+        "trunc.vcd": (data[: len(data) // 2], "truncated"),
+        "flip.vcd": (data[:-10] + bytes([data[-10] ^ 0x10]) + data[-9:], "CRC-32 mismatch"),
+        "magic.vcd": (b"XYZ" + data[3:], "not a varicodec file"),
+        "newer.vcd": (recrc(data[:3] + b"\x07" + data[4:]), "newer"),
+        "model_id.vcd": (recrc(data[:5] + b"\xee" + data[6:]), "unknown model id"),
+        "absurd.vcd": (recrc(data[:14] + struct.pack(">HH", 65535, 65535) + data[18:]),
+                       "exceeds the limit"),
+        "empty.vcd": (b"", "not a varicodec file"),
+    }
+    for name, (payload, pattern) in cases.items():
+        (d / name).write_bytes(payload)
+        expect_error(capsys, d, pattern, "decode", d / name, *m)
+        expect_error(capsys, d, pattern, "info", d / name)
+    expect_error(capsys, d, "other hyperprior-ecgbm weights", "decode", vcd, "-o", d / "x.png",
+                 "--model", models["other"])
+    expect_error(capsys, d, "not 'hyperprior-base'", "decode", vcd, "-o", d / "x.png",
+                 "--model", models["fixed"])
+    expect_error(capsys, d, "no such file", "decode", d / "missing.vcd", *m)
+    expect_error(capsys, d, "not a varicodec file", "decode", d / "a.png", "-o", d / "x.png", *m)
+    expect_error(capsys, d, "unknown image file extension", "decode", vcd, "-o", d / "x.xyz", *m)
+    expect_error(capsys, d, "output folder", "decode", vcd, "-o", d / "no" / "x.png", *m)
+    assert run(capsys, "decode", vcd, *m)[0] == 0
+    expect_error(capsys, d, "exists (use --force", "decode", vcd, *m)
+    assert run(capsys, "decode", vcd, "--force", *m)[0] == 0
+
+
+def test_alpha_to_jpeg_leaves_nothing(models, tmp_path, capsys):
+    a = np.dstack([rgb(), np.zeros((37, 53), np.uint8)])
+    Image.fromarray(a).save(tmp_path / "t.png")
+    assert run(capsys, "encode", tmp_path / "t.png", "--model", models["vr"])[0] == 0
+    expect_error(capsys, tmp_path, "alpha", "decode", tmp_path / "t.vcd", "-o",
+                 tmp_path / "t.jpg", "--model", models["vr"])
