@@ -4,15 +4,16 @@ For the hyperprior ``ecg`` and ``ecgbm`` models (N=128, M=192 unless told) with
 their gates set to given sparsities, on Kodak images, this measures in one run:
 
 * encode and decode wall-clock of each **execution mode** —
-  ``sparse`` (the default path: live channels only, channels-last),
-  ``sparse-nchw`` (the same in NCHW layout; separates gating from layout),
+  ``sparse`` (the default path: live channels only; transposed convolutions in
+  channels-last layout, plain ones in NCHW), ``sparse-cl`` / ``sparse-nchw``
+  (the same, every layer channels-last / NCHW; separates gating from layout),
   ``masked-dense`` (``sparse_execution(model, False)``: input × gate, full conv),
   and the **baselines** ``compressai`` (CompressAI's dense ``ScaleHyperprior``
   of the same size, holding the same weights, as shipped: NCHW) and
   ``compressai-cl`` (the same in channels-last) —
   as speed-up ratios (baseline time / mode time, > 1 = faster), with
   1 and 2 threads (``torch.set_num_threads``), repetitions interleaved;
-* whether the bytes of ``sparse``, ``sparse-nchw`` and ``masked-dense`` are identical;
+* whether the bytes of each sparse mode and ``masked-dense`` are identical;
 * FLOPs counted from what executes (``FlopCounterMode``), against FLOPs predicted
   from the measured per-layer sparsity (dense FLOPs of each gated convolution ×
   its live fraction), and the FLOPs spent producing channels that a gate then
@@ -63,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 OUT_JSON = ROOT / "docs" / "results" / "sparse.json"
 
-MODES = ("sparse", "sparse-nchw", "masked-dense")
+MODES = ("sparse", "sparse-cl", "sparse-nchw", "masked-dense")
 BASELINES = ("compressai", "compressai-cl")
 Y_STD, Z_STD = 0.35, 2.0
 
@@ -79,8 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparsity", default=None,
                    help="comma-separated targets, e.g. 0.3,0.5,0.6,0.7, or 'trained' "
                         "(default: 0.3,0.5,0.6,0.7; 'trained' with --weights)")
-    p.add_argument("--nchw-at", default="0.5",
-                   help="sparsities at which sparse-nchw also runs ('all', or a list)")
+    p.add_argument("--layouts-at", default="0.5",
+                   help="sparsities at which sparse-cl and sparse-nchw also run "
+                        "('all', 'none', or a list)")
     p.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per image")
     p.add_argument("--lmbda", type=float, default=0.013, help="λ of the variable-rate model")
@@ -178,8 +180,8 @@ class Runner:
         from varicodec.sparse import sparse_execution
 
         if self.varicodec:
-            sparse_execution(self.model, self.mode != "masked-dense",
-                             channels_last=self.mode == "sparse")
+            layout = {"sparse-cl": True, "sparse-nchw": False}.get(self.mode)
+            sparse_execution(self.model, self.mode != "masked-dense", channels_last=layout)
         else:
             fmt = torch.channels_last if self.mode == "compressai-cl" else torch.contiguous_format
             self.model.to(memory_format=fmt)
@@ -277,10 +279,10 @@ def flops_report(model, runner: Runner, x, c: dict) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for op, run in (("encode", lambda: runner.encode(x)), ("decode", lambda: runner.decode(c))):
-        with sparse_execution(model, False, channels_last=None):
+        with sparse_execution(model, False):
             dense = count(run)
             rows = layer_flops(model, run)
-        with sparse_execution(model, True, channels_last=None):
+        with sparse_execution(model, True):
             executed = count(run)
             run()
             sparsity = model.sparsity()
@@ -534,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     thread_counts = [int(t) for t in args.threads.split(",")]
     default_sp = "trained" if args.weights is not None else "0.3,0.5,0.6,0.7"
     targets = [t.strip() for t in (args.sparsity or default_sp).split(",")]
-    nchw_at = targets if args.nchw_at == "all" else [t.strip() for t in args.nchw_at.split(",")]
+    layouts_at = (targets if args.layouts_at == "all"
+                  else [t.strip() for t in args.layouts_at.split(",")])
 
     torch.set_num_threads(max(thread_counts))
     models, base = build_models(args, variants, x0)
@@ -555,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         lm = args.lmbda if m.variable_rate else None
         for t in targets:
             for mode in MODES:
-                if mode == "sparse-nchw" and t not in nchw_at:
+                if mode in ("sparse-cl", "sparse-nchw") and t not in layouts_at:
                     continue
                 runners.append((v, t, Runner(f"{v}@{t}/{mode}", m, mode, lm)))
     for mode in BASELINES:

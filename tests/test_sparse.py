@@ -48,7 +48,7 @@ def _masked_dense(layer, x):
 
 @pytest.mark.parametrize("cls", [GatedConv2d, GatedConvTranspose2d])
 @pytest.mark.parametrize("channels_last_input", [False, True])
-@pytest.mark.parametrize("layout", [True, False])
+@pytest.mark.parametrize("layout", [True, False])  # channels-last or NCHW
 def test_sparse_layer_equals_masked_dense(cls, channels_last_input, layout):
     layer = _gated(cls)
     layer.sparse_channels_last = layout
@@ -108,14 +108,17 @@ def test_dense_where_the_sparse_path_does_not_apply():
 def test_switch_restores_and_reports():
     model = tiny("hyperprior-ecg")
     convs = gated_convolutions(model)
-    assert convs and all(m.sparse and m.sparse_channels_last for _, m in convs)
+    default = [(m.sparse_channels_last, isinstance(m, GatedConvTranspose2d)) for _, m in convs]
+    assert convs and all(m.sparse for _, m in convs)
+    assert all(cl == transposed for cl, transposed in default)  # NHWC for transposed only
     with sparse_execution(model, False):
         assert not any(m.sparse for _, m in convs)
     assert all(m.sparse for _, m in convs)
     switch = sparse_execution(model, True, channels_last=False)
     assert all(m.sparse and not m.sparse_channels_last for _, m in convs)
     switch.restore()
-    assert all(m.sparse_channels_last for _, m in convs)
+    assert [(m.sparse_channels_last, isinstance(m, GatedConvTranspose2d))
+            for _, m in convs] == default
 
 
 def test_calibrate_alpha_hits_targets(image):

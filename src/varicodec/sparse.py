@@ -6,7 +6,10 @@ default whenever it applies — inference (``model.eval()``), batch size 1 — s
 ``compress`` / ``decompress`` of a single image use it without being asked.
 It gathers the live input channels and the matching weight slice and runs the
 convolution on that smaller problem, in channels-last layout; the result is the
-masked dense result up to float rounding, and the bitstream is the same.
+masked dense result up to float rounding, and the bitstream is the same
+(unless rounding noise moves a latent across a quantisation boundary, see
+``docs/results/sparse.md``). Transposed convolutions run it in channels-last
+layout, plain ones in NCHW (what measured fastest on CPU).
 
 The switch::
 
@@ -15,7 +18,8 @@ The switch::
     with sparse_execution(model, False):      # masked dense inside the block
         c = model.compress(x)
     sparse_execution(model, False)            # or as a plain call: stays off
-    sparse_execution(model, True, channels_last=False)   # sparse, NCHW layout
+    sparse_execution(model, True)             # back to the default
+    sparse_execution(model, True, channels_last=False)   # sparse, all NCHW
 
 :func:`calibrate_alpha` sets every gate's ``α`` so that a given input is gated
 at a target sparsity per layer (for benchmarks and experiments on untrained or
@@ -51,22 +55,23 @@ class sparse_execution:  # noqa: N801 - used like a function / context manager
         enabled: ``True`` (the default state) runs the sparse path where it
             applies; ``False`` runs the masked dense computation
             (input × gate, then the full convolution).
-        channels_last: layout of the sparse path (default ``True``, the
-            faster one on CPU); ``None`` leaves it as it is.
+        channels_last: layout of the sparse path: ``True`` channels-last
+            everywhere, ``False`` NCHW everywhere, ``None`` (default) each
+            layer's class default (channels-last for transposed convolutions).
 
     The setting takes effect at the call. Used in a ``with`` statement, the
     previous settings come back at the end of the block.
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True,
-                 channels_last: bool | None = True) -> None:
+                 channels_last: bool | None = None) -> None:
         self.model = model
         self._saved = [(m, m.sparse, m.sparse_channels_last)
                        for _, m in gated_convolutions(model)]
         for m, _, _ in self._saved:
             m.sparse = bool(enabled)
-            if channels_last is not None:
-                m.sparse_channels_last = bool(channels_last)
+            m.sparse_channels_last = (m.default_channels_last if channels_last is None
+                                      else bool(channels_last))
 
     def __enter__(self) -> nn.Module:
         return self.model
@@ -147,7 +152,7 @@ def calibrate_alpha(model: nn.Module, run: Callable[[], Any],
     # gated convolutions on their sparse path call ``gate.evaluate``, not the
     # gate module, so run the masked dense path here: same decisions
     try:
-        with sparse_execution(model, False, channels_last=None):
+        with sparse_execution(model, False):
             run()
     finally:
         for h in handles:

@@ -22,12 +22,15 @@ the gradient is that of ``sigmoid((e/l − α) / τ)``.
 Inference (the sparse path). At batch size 1 outside training a gated
 convolution does not multiply its input by the gate: it gathers the live input
 channels and the matching weight slice and runs the convolution on that smaller
-problem, so the work of the convolution scales with ``1 − sparsity``. It runs
-in channels-last (NHWC) layout, for which oneDNN's kernels are up to about 2×
-faster on CPU (transposed convolutions most), and hands channels-last
-activations on; outputs with fewer than 4 channels (images) come back in the
-standard layout. The result equals the masked dense computation up to float
-rounding. :func:`varicodec.sparse.sparse_execution` switches it off.
+problem, so the work of the convolution scales with ``1 − sparsity``.
+Transposed convolutions run it in channels-last (NHWC) layout, where oneDNN's
+kernels are about 2× faster on CPU than in NCHW, and hand channels-last
+activations on (outputs with fewer than 4 channels, i.e. images, come back in
+the standard layout); plain convolutions gain nothing from NHWC there and stay
+in NCHW, which also keeps the encoder's arithmetic closest to the dense one.
+The result equals the masked dense computation up to float rounding.
+:func:`varicodec.sparse.sparse_execution` switches the path off or picks the
+layout.
 
 What the gate cannot save: to decide, it needs the energy of every input
 channel, so the layer producing those channels (its convolution, bias, GDN or
@@ -180,7 +183,8 @@ class _GatedMixin:
     convolution runs on the active input channels and the matching weight
     slice (see the module docstring); otherwise the input is multiplied by
     the gate and the full convolution runs (the masked dense computation).
-    ``sparse_channels_last`` picks the layout of the sparse path.
+    ``sparse_channels_last`` picks the layout of the sparse path (default:
+    :attr:`default_channels_last` of the class).
     """
 
     gate: EnergyChannelGate
@@ -195,6 +199,9 @@ class _GatedMixin:
 
     #: input-channel axis of ``weight`` (1 for Conv2d, 0 for ConvTranspose2d)
     _weight_in_dim = 1
+    #: layout of the sparse path unless set otherwise (measured on a 2-core CPU,
+    #: docs/results/sparse.md: NHWC halves transposed convolutions, not plain ones)
+    default_channels_last = False
 
     def _sparse_applies(self, x: Tensor) -> bool:
         return (
@@ -236,12 +243,13 @@ class GatedConv2d(_GatedMixin, nn.Conv2d):
     """
 
     _weight_in_dim = 1
+    default_channels_last = False
 
     def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
         self.sparse = True
-        self.sparse_channels_last = True
+        self.sparse_channels_last = self.default_channels_last
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._sparse_applies(x):
@@ -255,12 +263,13 @@ class GatedConvTranspose2d(_GatedMixin, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` with an :class:`EnergyChannelGate` on its input."""
 
     _weight_in_dim = 0
+    default_channels_last = True
 
     def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
         self.sparse = True
-        self.sparse_channels_last = True
+        self.sparse_channels_last = self.default_channels_last
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if not self._sparse_applies(x):
