@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from varicodec.codec import encode_image, info
@@ -14,6 +15,16 @@ from varicodec.layers import LmbdaRange
 from varicodec.models import save_model
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
+    # spinning makes them ~8x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def bench(name: str):

@@ -3,9 +3,20 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
+    # spinning makes them ~8x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 _spec = importlib.util.spec_from_file_location("fuzz_format", BENCH / "fuzz_format.py")
 fuzz_format = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz_format)
