@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Cost of `varicodec eval` (seconds per image per rate point)", "",
         f"Command: `{command.strip()}`", "",
-        f"Machine: {env['cpu']} ({env['cpu_count']} cores, shared with other jobs), "
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores, shared with other jobs; load "
+        f"average {env['load_average']} at the end), "
         f"torch {env['torch']} with {env['torch_threads']} threads, commit "
         f"`{(env['git_commit'] or 'unknown')[:10]}`, {env['created']}.", "",
         f"Images: the first {len(images)} Kodak images (768×512). Models: N={args.N}, "

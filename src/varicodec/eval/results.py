@@ -81,6 +81,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: how busy the machine was (timings depend on it)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
@@ -106,6 +114,7 @@ def environment() -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": _load_average(),
         "python": platform.python_version(),
         "varicodec": __version__,
         "torch": torch.__version__,
