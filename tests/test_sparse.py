@@ -180,3 +180,19 @@ def test_sparse_path_counts_fewer_flops(image):
     with sparse_execution(model, False):
         dense = flops()
     assert sparse < 0.8 * dense
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+def test_inference_energy_matches_training_formula(layout):
+    from varicodec.layers import EnergyChannelGate
+
+    x = torch.randn(2, 24, 40, 36) * torch.rand(1, 24, 1, 1)
+    ref = x.pow(2).mean(dim=(2, 3))
+    xx = {"nchw": x, "nhwc": x.contiguous(memory_format=CL), "strided": x.transpose(2, 3)}[layout]
+    old = EnergyChannelGate.ENERGY_BLOCK_BYTES
+    EnergyChannelGate.ENERGY_BLOCK_BYTES = 24 * 4 * 100  # several blocks of 100 pixels
+    try:
+        got = EnergyChannelGate.energy(xx)
+    finally:
+        EnergyChannelGate.ENERGY_BLOCK_BYTES = old
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
