@@ -116,9 +116,6 @@ def test_16bit_array_warns(models):
     assert decode(data, models["vr"]).mode == "L"
 
 
-@pytest.mark.xfail(reason="models.io.save_model(half=True) stores float buffers (GDN pedestal, "
-                   "scale/likelihood bounds) as fp16, so a saved model differs from the "
-                   "loaded one", strict=False)
 def test_saved_model_matches_its_file(tmp_path):
     m = tiny_model("hyperprior-ecgbm", 0)
     path = save_model(m, tmp_path / "m.safetensors")  # rounds m's weights to what is stored

@@ -50,10 +50,13 @@ def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None
             for p in model.parameters():
                 p.copy_(p.half().float())
     model.update(force=True)
+    # Only learned parameters go to fp16; buffers (GDN's 2^-36 pedestal, likelihood and
+    # scale bounds, CDF tables) keep their dtype: fp16 would flush some of them to zero.
+    params = {k for k, _ in model.named_parameters()}
     tensors = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point() and not k.endswith("scale_table"):
+        if half and k in params:
             v = v.half()
         tensors[k] = v.clone()
     meta = {"varicodec.config": json.dumps(model.config),
@@ -63,6 +66,7 @@ def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
