@@ -39,3 +39,19 @@ def test_mutations_cover_every_kind():
     kinds = {fuzz_format.mutate(b"VCD\x01" + bytes(40), [b"VCD\x01" + bytes(9)], rng, 0.5)[0]
              for _ in range(200)}
     assert {k.removesuffix("+crc") for k in kinds} == set(fuzz_format.MUTATIONS)
+
+
+def test_crafted_sizes_do_not_crash_the_entropy_decoder():
+    # fuzz case 5964 (seed 1) before the guard: a CRC-valid header claiming
+    # 1×25854 pixels with a 1-byte z stream made CompressAI's rANS decoder read
+    # ~0.5 MB past its buffer and segfault
+    from varicodec.codec import decode
+    from varicodec.codec.format import Container
+    from varicodec.codec.pretrained import fingerprint
+
+    model = fuzz_format.tiny_model("hyperprior-ecgbm")
+    for z, y in ((b"\xf2", b""), (b"", b""), (b"\xff" * 64, b"\xff" * 300)):
+        c = Container(model_name=model.name, fingerprint=fingerprint(model), width=1,
+                      height=25854, y=y, z=z, lmbda_code=5632)
+        image = decode(c.pack(), model)
+        assert image.size == (1, 25854)

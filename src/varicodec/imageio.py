@@ -233,7 +233,8 @@ def save_image(image: Image.Image, fp: str | os.PathLike | IO[bytes],
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """``H×W×3`` uint8 → ``1×3×H×W`` float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255)
+    rgb = np.require(rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # torch wants writable
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -167,11 +167,27 @@ class _Coder:
         return psnr_db(np.asarray(out), self.src.pixels())
 
 
+def _guarded(stream: bytes, n_symbols: int) -> bytes:
+    """``stream`` followed by zeros that a damaged stream's decoding may read.
+
+    CompressAI's rANS decoder does not bounds-check its reads: a damaged or
+    crafted stream (with a valid CRC) can make it read past its buffer, up to
+    about one 32-bit word per symbol in normal decoding and ~7.5 bytes per
+    stream byte in its escape ("bypass") mode, and crash the process. With this
+    padding those reads land in zeros, which also end every escape sequence.
+    Valid streams never read it.
+    """
+    return stream + bytes(64 + 16 * len(stream) + 8 * n_symbols)
+
+
 def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
     """Entropy-decode and synthesise: ``H×W×3`` uint8 (cropped)."""
-    strings = [[c.y], [c.z]] + ([[c.side]] if model.gated else [])
+    zh, zw = _z_shape(model, c.width, c.height)
+    n_z = model.config["N"] * zh * zw
+    n_y = model.config["M"] * zh * zw * 16  # y is 4× finer than z in each direction
+    strings = [[_guarded(c.y, n_y)], [_guarded(c.z, n_z)]] + ([[c.side]] if model.gated else [])
     try:
-        out = model.decompress(strings, _z_shape(model, c.width, c.height), c.lmbda_code)
+        out = model.decompress(strings, (zh, zw), c.lmbda_code)
     except (ValueError, RuntimeError, IndexError, OverflowError) as e:
         raise FormatError(f"cannot decode the entropy-coded streams ({e})") from None
     x_hat = out["x_hat"][..., : c.height, : c.width]
