@@ -186,10 +186,11 @@ def test_table_and_plot(tmp_path):
     fig = tmp_path / "fig.png"
     assert main(["plot", *map(str, paths), "-o", str(fig), "--reference", "hyperprior"]) == 0
     assert fig.stat().st_size > 10_000
-    assert main(["table", *map(str, paths), "--anchor", "base", "--points", "-o",
+    assert main(["table", *map(str, paths), "--anchor", "base", "--points", "--matrix", "-o",
                  str(tmp_path / "t.md")]) == 0
     md = (tmp_path / "t.md").read_text()
     assert "BD-rate vs base" in md and "### vr" in md
+    assert "| vr | -10.0 |" in md  # matrix row: vr against base
 
 
 def test_cli_eval(dataset, tmp_path, capsys):

@@ -78,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", action="append", default=[],
                    choices=["hyperprior", "mean", "joint"],
                    help="add CompressAI's published Kodak curve of this architecture as a curve")
+    p.add_argument("--matrix", action="store_true", help="also the BD-rate of every pair")
     p.add_argument("--points", action="store_true", help="also list every rate point")
     p.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
     p.set_defaults(func=_cmd_table)
@@ -169,7 +170,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     results = [load_results(p) for p in args.results]
     results += [reference_results(a) for a in args.reference]
-    text = make_tables(results, anchor=args.anchor, points=args.points)
+    text = make_tables(results, anchor=args.anchor, points=args.points, matrix=args.matrix)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)

@@ -14,7 +14,8 @@ Sections (each appears when its inputs are present):
    (``bm``, ``ecgbm``) against ``base`` (and ``ecg``) of its architecture:
    BD-rate, BD-PSNR, and the storage saving of one model against the fixed
    set (bytes on disk).
-4. **Rate points** (``points=True``) — every point of every curve: setting,
+4. **BD-rate matrix** (``matrix=True``) — every curve against every other.
+5. **Rate points** (``points=True``) — every point of every curve: setting,
    bpp (real and estimated), PSNR, MS-SSIM, times, FLOPs, sparsity.
 
 PSNR drop % = ``(PSNR_base − PSNR_x) / PSNR_base · 100``; FLOP reduction =
@@ -172,6 +173,19 @@ def _variable_rate_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
     ]
 
 
+def _matrix_section(results: Sequence[dict]) -> list[str]:
+    labels = [r["label"] for r in results]
+    lines = ["## BD-rate matrix", "",
+             "BD-rate (%) of the row's curve against the column's (negative: the row needs "
+             "fewer bits for the same PSNR), each pair over its own overlapping PSNR range.", "",
+             "| test \\ anchor | " + " | ".join(labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for r in results:
+        cells = ["—" if a is r else _f(_bd(a, r)[0], "+.1f") for a in results]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _points_section(results: Sequence[dict]) -> list[str]:
     lines = ["## Rate points", "",
              "Means over the images. Times are wall clock per image on the machine in each "
@@ -205,9 +219,9 @@ def _points_section(results: Sequence[dict]) -> list[str]:
 
 
 def make_tables(results: Sequence[dict], anchor: str | None = None,
-                points: bool = False) -> str:
-    """The Markdown tables for ``results`` (loaded results files); ``points`` adds
-    every rate point of every curve."""
+                points: bool = False, matrix: bool = False) -> str:
+    """The Markdown tables for ``results`` (loaded results files); ``matrix`` adds
+    the BD-rate of every pair of curves, ``points`` every rate point of every curve."""
     results = list(results)
     if not results:
         raise ValueError("no results to tabulate")
@@ -234,6 +248,8 @@ def make_tables(results: Sequence[dict], anchor: str | None = None,
     lines = _curves_section(results, anchor_result)
     lines += _gating_section(by_key)
     lines += _variable_rate_section(by_key)
+    if matrix:
+        lines += _matrix_section(results)
     if points:
         lines += _points_section(results)
     untrained = [r["label"] for r in results if (r.get("model") or {}).get("trained") is False]
