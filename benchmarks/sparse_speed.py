@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lmbda", type=float, default=0.013, help="λ of the variable-rate model")
     p.add_argument("--weights", type=Path, default=None,
                    help="trained weights (.safetensors) of a hyperprior ecg/ecgbm model")
+    p.add_argument("--parts", default="timing,flops,gates,memory",
+                   help="what to measure, comma-separated from timing, flops, gates, memory, "
+                        "stages (per-stage wall-clock of one encode / decode)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-at", default="0.5,trained",
                    help="sparsities whose configurations get a memory probe ('all', or a list)")
@@ -294,13 +297,14 @@ def flops_report(model, runner: Runner, x, c: dict) -> dict[str, Any]:
                 continue
             s = sparsity.get(name, 0.0)
             predicted -= rows[name]["flops"] * s
-            # the producer of this layer's input (previous conv + its GDN in the
-            # same Sequential) makes channels that are then dropped
+            # the producer of this layer's input (previous convolution and its
+            # GDN in the same Sequential) computed the dropped channels in full
             prefix = name.rpartition(".")[0]
             for prev in reversed(names[:i]):
                 if prev.rpartition(".")[0] != prefix:
                     continue
-                wasted += s * rows[prev]["flops"]
+                live = 1.0 - sparsity.get(prev, 0.0) if rows[prev]["gated"] else 1.0
+                wasted += s * rows[prev]["flops"] * live  # what the producer executed
                 if rows[prev]["kind"] == "conv":
                     break
         out[op] = {"dense": dense, "executed": executed, "predicted": int(predicted),
@@ -357,6 +361,75 @@ def gate_cost(model, runner: Runner, x, c: dict, reps: int) -> dict[str, Any]:
             "energy_share_of_gate_time": energy_s / max(decide_s, 1e-12),
             "per_call_overhead_s": per_call, "gate_calls_encode": len(enc_layers),
             "gate_calls_decode": len(dec_layers), "layers": per_layer}
+
+
+# -------------------------------------------------------------------- stages
+def _kind(mod) -> str:
+    from compressai.layers import GDN
+    from torch import nn
+
+    if isinstance(mod, GDN):
+        return "IGDN" if mod.inverse else "GDN"
+    if isinstance(mod, nn.ConvTranspose2d):
+        return "deconv"
+    if isinstance(mod, nn.Conv2d):
+        return "conv"
+    return type(mod).__name__
+
+
+def stage_times(runner: Runner, x, reps: int) -> dict[str, dict[str, float]]:
+    """Median wall-clock of every stage of ``g_a``/``h_a``/``h_s``/``g_s`` and of
+    ``build_indexes`` in one encode and one decode; ``other`` is the rest
+    (entropy coding, CompressAI's glue)."""
+    import torch
+
+    net = runner.model.net if runner.varicodec else runner.model
+    box: dict[str, float] = {}
+    start: dict[str, float] = {}
+    hooks = []
+    for seq in ("g_a", "h_a", "h_s", "g_s"):
+        for i, mod in enumerate(getattr(net, seq)):
+            if isinstance(mod, torch.nn.ReLU):
+                continue
+            name = f"{seq}.{i} {_kind(mod)}"
+
+            def pre(m, a, name=name):
+                start[name] = time.perf_counter()
+
+            def post(m, a, out, name=name):
+                box[name] = box.get(name, 0.0) + time.perf_counter() - start[name]
+            hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    gc = net.gaussian_conditional
+    build = gc.build_indexes
+
+    def timed_build(scales):
+        t = time.perf_counter()
+        out = build(scales)
+        box["build_indexes"] = box.get("build_indexes", 0.0) + time.perf_counter() - t
+        return out
+
+    gc.build_indexes = timed_build
+    runs: dict[str, list[dict[str, float]]] = {"encode": [], "decode": []}
+    try:
+        x = runner.prepare(x)
+        for _ in range(reps):
+            box.clear()
+            c, t = timed(runner.encode, x)
+            runs["encode"].append({**box, "total": t})
+            box.clear()
+            _, t = timed(runner.decode, c)
+            runs["decode"].append({**box, "total": t})
+    finally:
+        del gc.build_indexes
+        for h in hooks:
+            h.remove()
+    out = {}
+    for op, rs in runs.items():
+        keys = list(rs[0])
+        med = {k: median(r.get(k, 0.0) for r in rs) for k in keys}
+        med["other"] = med["total"] - sum(v for k, v in med.items() if k != "total")
+        out[op] = med
+    return out
 
 
 # -------------------------------------------------------------------- memory
@@ -439,9 +512,10 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     summ = results["summary"]
-    lines.append("Speed-up = baseline time / mode time (median over images of per-image "
-                 "medians; > 1 is faster). `sp` = sparsity reached (mean over gated layers "
-                 "and images; target in the first column).\n")
+    if summ:
+        lines.append("Speed-up = baseline time / mode time (median over images of per-image "
+                     "medians; > 1 is faster). `sp` = sparsity reached (mean over gated "
+                     "layers and images; target in the first column).\n")
     for threads, rows in summ.items():
         lines.append(f"**{threads} thread(s)**\n")
         lines.append("| model | target | sp | mode | enc s | dec s | dec vs masked-dense "
@@ -497,6 +571,25 @@ def markdown(results: dict[str, Any]) -> str:
                              f"{m['rss_before_mib']:.0f} → {m['peak_mib']:.0f}")
             lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
         lines.append("")
+    if results.get("stages"):
+        lines.append("**Where the time goes** (first image, ms per stage, median of the "
+                     "repetitions; `other` = entropy coding and glue)\n")
+        cols = list(results["stages"])
+        for op in ("encode", "decode"):
+            names: list[str] = []
+            for col in cols:
+                names += [k for k in results["stages"][col][op] if k not in names]
+            names = [n for n in names if n not in ("other", "total")] + ["other", "total"]
+            lines.append(f"*{op}*\n")
+            lines.append("| stage | " + " | ".join(cols) + " |")
+            lines.append("|---|" + "---|" * len(cols))
+            for n in names:
+                cells = [results["stages"][c][op].get(n) for c in cols]
+                if all((v or 0) < 5e-4 for v in cells):
+                    continue
+                lines.append(f"| {n} | " + " | ".join(
+                    "–" if v is None else f"{v * 1e3:.0f}" for v in cells) + " |")
+            lines.append("")
     env = results["environment"]
     lines.append(f"Load average before / after: {env['loadavg_before']} / "
                  f"{env['loadavg_after']}; OMP_WAIT_POLICY={env['omp_wait_policy']}; "
@@ -569,9 +662,14 @@ def main(argv: list[str] | None = None) -> int:
             load_alpha(r.model, alphas[v, t])
         r.setup()
 
+    parts = {p.strip() for p in args.parts.split(",")}
+    if args.no_memory:
+        parts.discard("memory")
     # ---------------------------------------------------------- timings
     per_image: list[dict[str, Any]] = []
     for i, (path, x) in enumerate(zip(images, xs, strict=True)):
+        if "timing" not in parts:
+            break
         entry: dict[str, Any] = {"image": path.name, "configs": {}}
         for threads in thread_counts:
             torch.set_num_threads(threads)
@@ -615,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------- summary
     summary: dict[str, list[dict[str, Any]]] = {}
-    for threads in thread_counts:
+    for threads in thread_counts if per_image else []:
         rows = []
         for v, t, r in runners:
             key = f"{r.name}@{threads}"
@@ -650,21 +748,28 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------- FLOPs, gate cost, memory
     torch.set_num_threads(1)
-    flops, gates, memory = {}, {}, {}
+    flops, gates, memory, stages = {}, {}, {}, {}
+    main_target = "0.5" if "0.5" in targets else targets[0]
     for v, t, r in runners:
-        if r.mode != "sparse":
+        if r.mode != "sparse" or "flops" not in parts:
             continue
         activate(v, t, r)
         c = r.encode(x0)
         flops[f"{v}@{t}"] = flops_report(r.model, r, x0, c)
-    for threads in thread_counts:
+    for threads in thread_counts if "gates" in parts else []:
         torch.set_num_threads(threads)
         for v, t, r in runners:
-            if r.mode == "sparse" and t == ("0.5" if "0.5" in targets else targets[0]):
+            if r.mode == "sparse" and t == main_target:
                 activate(v, t, r)
                 c = r.encode(x0)
                 gates[f"{v}@{threads}"] = gate_cost(r.model, r, x0, c, args.reps)
-    if not args.no_memory:
+    for threads in thread_counts if "stages" in parts else []:
+        torch.set_num_threads(threads)
+        for v, t, r in runners:
+            if r.mode in ("sparse", "masked-dense", "compressai") and t in (main_target, "-"):
+                activate(v, t, r)
+                stages[f"{r.name}@{threads}"] = stage_times(r, x0, args.reps)
+    if "memory" in parts:
         env = dict(os.environ)
         memory_at = targets if args.memory_at == "all" else args.memory_at.split(",")
         with tempfile.TemporaryDirectory() as tmp:
@@ -701,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         "flops": flops,
         "gate_cost": gates,
         "memory": memory,
+        "stages": stages,
         "per_image": per_image,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
