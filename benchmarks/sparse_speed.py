@@ -634,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(thread_counts))
     models, base = build_models(args, variants, x0)
+    variants = list(models)  # with --weights: the loaded model's variant
 
     # α per (variant, target), calibrated on the first image
     alphas: dict[tuple[str, str], dict] = {}
