@@ -75,11 +75,13 @@ def _pil_library(feature: str) -> Callable[[], str]:
     def library() -> str:
         import PIL
 
+        name = "libjpeg_turbo" if feature == "jpg" and features.check_feature("libjpeg_turbo") \
+            else feature
         try:
-            lib = features.version(feature)
+            lib = features.version(name)
         except ValueError:
             lib = None
-        return f"Pillow {PIL.__version__} ({feature} {lib or 'unknown version'})"
+        return f"Pillow {PIL.__version__} ({name} {lib or 'unknown version'})"
     return library
 
 

@@ -25,12 +25,17 @@ from .results import curve
 __all__ = ["plot_results"]
 
 
+#: published reference curves: grey shades and markers per architecture
+_REFERENCE_STYLE = {"hyperprior": ("0.55", "^"), "mean": ("0.3", "v"), "joint": ("0.0", "D")}
+
+
 def _style(result: dict) -> dict:
     kind = result.get("kind")
     if kind == "codec":
         return {"linestyle": "--", "marker": "s", "markersize": 3}
     if kind == "reference":
-        return {"linestyle": ":", "marker": "^", "markersize": 4, "color": "0.35"}
+        color, marker = _REFERENCE_STYLE.get((result.get("model") or {}).get("arch"), ("0.3", "^"))
+        return {"linestyle": ":", "marker": marker, "markersize": 4, "color": color}
     return {"linestyle": "-", "marker": "o", "markersize": 4}
 
 
