@@ -191,3 +191,6 @@ def test_decode_limits(models):
         decode(data, models["vr"], max_pixels=1000)
     img, c = decode_image(data, models["vr"])
     assert c.width == 64 and img.size == (64, 64)
+    tall = encode(smooth(200, 1), models["vr"], quality=2)  # 200 pixels, padded to 64×256
+    with pytest.raises(FormatError, match="pads to 64×256"):
+        decode(tall, models["vr"], max_pixels=5000)

@@ -124,7 +124,7 @@ def test_benchmark_script(model_path, tmp_path):
     rc_bench = bench("rate_control")
     result = rc_bench.run(sorted(tmp_path.glob("*.png")), model_path, targets=(0.5,))
     table = rc_bench.format_table(result)
-    assert "| 0.5 | 2 |" in table
+    assert "| 0.5 | 2 | 0 |" in table
     for s in result["summary"].values():
         assert s["worst_abs_error"] <= 0.02 and s["time_ratio"] > 0
     assert rc_bench.main(["--data", str(tmp_path / "nothing")]) == 0  # absent data: skip

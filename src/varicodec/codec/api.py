@@ -300,6 +300,13 @@ def decode_image(data: bytes, model: ModelSpec = None, *,
     """:func:`decode`, also returning the parsed container."""
     c = Container.unpack(data, max_pixels)
     m = _model_for(c, model)
+    zh, zw = _z_shape(m, c.width, c.height)
+    f = m.downsampling_factor
+    if zh * zw * f * f > max_pixels:  # what the model processes: the padded image
+        raise FormatError(
+            f"image size {c.width}×{c.height} pads to {zw * f}×{zh * f} pixels, over the "
+            f"limit of {max_pixels}"
+        )
     with torch.inference_mode():
         rgb = _reconstruct(m, c)
     return to_pil(rgb, gray=c.gray, alpha=_unpack_alpha(c.alpha, c.width, c.height)), c
@@ -311,7 +318,8 @@ def decode(data: bytes, model: ModelSpec = None, *, max_pixels: int = MAX_PIXELS
     ``model`` defaults to the bundled weights named in the file. Raises
     :class:`FormatError` for damaged files and :class:`ModelMismatchError`
     for weights other than those that wrote the file. ``max_pixels`` refuses
-    larger images before decoding anything.
+    larger images before decoding anything; it bounds both ``W·H`` and the
+    padded area the model processes (multiples of 64 on each side).
     """
     return decode_image(data, model, max_pixels=max_pixels)[0]
 
