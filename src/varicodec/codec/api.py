@@ -229,11 +229,17 @@ def encode_image(
                 )
             assert m.lmbda_range is not None
             kind, target = ("bpp", bpp) if bpp is not None else ("psnr", psnr)
-            measure = coder.bpp if kind == "bpp" else coder.psnr
+            metric = coder.bpp if kind == "bpp" else coder.psnr
+            coded: dict[int, Container] = {}
+
+            def measure(code: int) -> float:
+                coded[code] = coder.code(code=code)
+                return metric(coded[code])
+
             with m.cached_analysis(coder.x):
-                report = search_lmbda_code(lambda k: measure(coder.code(code=k)), kind,
-                                           float(target), m.lmbda_range, tolerance)
-                container = coder.code(code=report.code)
+                report = search_lmbda_code(measure, kind, float(target), m.lmbda_range,
+                                           tolerance)
+            container = coded[report.code]
         else:
             container = coder.code(_choose_lmbda(m, lmbda, quality))
         data = container.pack()
