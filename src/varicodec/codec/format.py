@@ -21,8 +21,8 @@ The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉
 (the models' downsampling factor). Everything but the four payloads is
 *overhead* (``Container.overhead``): 22 bytes plus 2 for the λ code of a
 variable-rate model, 1-3 for ``len(z)`` (z < 2 MiB), 1 if a side stream is
-present and 1-4 if alpha is (alpha stream < 256 MiB) — 25 bytes for a typical
-variable-rate RGB file and at most 32 in all.
+present and 1-4 if alpha is (alpha stream < 256 MiB) — 26 bytes for a
+variable-rate RGB Kodak image and at most 32 in all.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
