@@ -128,6 +128,18 @@ def test_gated_flops_count_only_active_channels(dataset):
     assert g["decoder_flops"] < d["decoder_flops"]
 
 
+def test_evaluate_fixed_set(dataset):
+    res = evaluate_models(model_set(["hyperprior-base@q1..2"], config=TINY),
+                          list_images(dataset, limit=1), progress=False, warm_up=False,
+                          flops=False, estimate=False)
+    assert res["model"]["models"] == 2 and res["model"]["trained"] is False
+    p1, p2 = res["points"]
+    assert (p1["lmbda"], p2["lmbda"]) == (0.0018, 0.0035)
+    assert p1["quality"] == 1 and p2["quality"] == 2
+    assert len(p1["fingerprint"]) == 16  # same seed, same tensors: λ is not a tensor
+    assert p1["bpp_estimate"] is None and p1["encoder_flops"] is None
+
+
 def test_classical_codecs_round_trip():
     rgb = _rgb(64, 64, 2)
     for name, codec in CODECS.items():

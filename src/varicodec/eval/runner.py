@@ -332,7 +332,7 @@ def _model_info(model: VaricodecModel, files: Sequence[Path], trained: bool) -> 
     return {
         "name": model.name, "arch": model.arch, "variant": model.variant,
         "variable_rate": model.variable_rate, "gated": model.gated,
-        "config": model.config, "models": max(len(files), 1),
+        "config": model.config, "models": len(files) or 1,
         "files": [str(f) for f in files],
         "parameters": parameter_count(model),
         "bytes_on_disk": sum(f.stat().st_size for f in files) if files else None,
@@ -396,15 +396,19 @@ def evaluate_models(
     bar = tqdm(total=len(models.points) * len(imgs.paths), desc=models.label, unit="img",
                disable=not progress, dynamic_ncols=True)
     previous: VaricodecModel | None = None
-    fingerprints: dict[int, str] = {}
+    fingerprint, n_models = "", 0
     try:
         for rp in models.points:
             model = rp.load().eval()
             if info is None:
                 info = _model_info(model, models.files, models.trained)
             spec: VaricodecModel | Path = Path(rp.source) if rp.source else model
-            if warm_up and model is not previous:
-                _warm_up(coder, spec, next(iter(imgs))[1], model.downsampling_factor, rp.lmbda)
+            if model is not previous:  # a fixed set brings a new model at every point
+                n_models += 1
+                fingerprint = weights_fingerprint(model).hex()
+                if warm_up:
+                    _warm_up(coder, spec, next(iter(imgs))[1], model.downsampling_factor,
+                             rp.lmbda)
             previous = model
             per_image = []
             for path, rgb in imgs:
@@ -421,12 +425,10 @@ def evaluate_models(
                 bar.update(1)
                 bar.set_postfix(bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr_db']:.2f}")
             lm = per_image[0]["lmbda"]
-            if id(model) not in fingerprints:
-                fingerprints[id(model)] = weights_fingerprint(model).hex()
             point = {
                 "setting": rp.setting, "lmbda": lm, "quality": round(lmbda_to_quality(lm), 4),
                 "source": rp.source,
-                "fingerprint": fingerprints[id(model)],
+                "fingerprint": fingerprint,
                 "parameters": parameter_count(model),
                 "bytes_on_disk": Path(rp.source).stat().st_size if rp.source else None,
             }
@@ -436,6 +438,7 @@ def evaluate_models(
     finally:
         bar.close()
     assert info is not None
+    info["models"] = len(models.files) or n_models
     return {
         "schema": SCHEMA, "label": models.label, "kind": "model", "model": info, "codec": None,
         "coder": coder.name, "options": {"flops": flops, "estimate": estimate},

@@ -34,8 +34,8 @@ from .results import curve
 __all__ = ["make_tables"]
 
 
-def _f(v: float | None, fmt: str) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
+def _f(v: float | None, fmt: str, unit: str = "") -> str:
+    return "n/a" if v is None or not math.isfinite(v) else format(v, fmt) + unit
 
 
 def _bd(anchor: dict, test: dict) -> tuple[float | None, float | None]:
@@ -93,12 +93,12 @@ def _curves_section(results: Sequence[dict], anchor: dict | None) -> list[str]:
             row += " (anchor) | (anchor) |"
         elif anchor is not None:
             rate, dpsnr = _bd(anchor, r)
-            row += f" {_f(rate, '+.2f')} % | {_f(dpsnr, '+.3f')} dB |"
+            row += f" {_f(rate, '+.2f', ' %')} | {_f(dpsnr, '+.3f', ' dB')} |"
         k = _key(r)
         ref = "n/a"
         if k is not None and k[0] in PUBLISHED_KODAK:
             rate, _ = _bd(reference_results(k[0]), r)
-            ref = f"{_f(rate, '+.2f')} %"
+            ref = _f(rate, "+.2f", " %")
         lines.append(row + f" {ref} |")
     return lines + [""]
 
@@ -134,8 +134,8 @@ def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
                 f"{_f(_ratio(tot_b, tot_p), '.2f')} | {_f(p.get('sparsity_mean'), '.3f')} |"
             )
         rate, dpsnr = _bd(base, gated)
-        lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f')} %, "
-                  f"BD-PSNR {_f(dpsnr, '+.3f')} dB.", ""]
+        lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f', ' %')}, "
+                  f"BD-PSNR {_f(dpsnr, '+.3f', ' dB')}.", ""]
     return lines
 
 
@@ -158,9 +158,9 @@ def _variable_rate_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
             mean_s = sum(sparsity) / len(sparsity) if sparsity else None
             rows.append(
                 f"| {arch} | {vr['label']} | {fixed['label']} ({n_fixed} models) | "
-                f"{_f(rate, '+.2f')} % | {_f(dpsnr, '+.3f')} dB | {_f(mean_s, '.3f')} | "
+                f"{_f(rate, '+.2f', ' %')} | {_f(dpsnr, '+.3f', ' dB')} | {_f(mean_s, '.3f')} | "
                 f"{vr_bytes if vr_bytes else 'n/a'} | {fixed_bytes if fixed_bytes else 'n/a'} | "
-                f"{_f(saving, '.1f')} % |"
+                f"{_f(saving, '.1f', ' %')} |"
             )
     if not rows:
         return []
