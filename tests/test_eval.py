@@ -73,10 +73,21 @@ def test_model_set_expansion(tmp_path):
         model_set([str(tmp_path / "hp@q1..3")])
     with pytest.raises(ValueError, match="fixed-rate"):
         model_set([str(tmp_path / "hp@q1..2")], qualities=[1.0])
-    vr = model_set(["hyperprior-bm"], qualities=[1, 4.5], config=TINY)
+    vr = model_set(["hyperprior-bm"], qualities=[1, 4.5], config=TINY, untrained=True)
     assert [p.lmbda for p in vr.points] == pytest.approx([0.0018, 0.0130 * (0.025 / 0.013) ** 0.5])
     with pytest.raises(FileNotFoundError):
         model_set(["no-such-thing"])
+
+
+def test_registry_name_means_bundled_weights(tmp_path, monkeypatch):
+    import varicodec.eval.runner as runner
+
+    path = save_model(tiny("hyperprior-bm").eval(), tmp_path / "hyperprior-bm.safetensors")
+    monkeypatch.setattr(runner, "_bundled", lambda name: path if name == "hyperprior-bm" else None)
+    s = model_set(["hyperprior-bm"], qualities=[3])
+    assert s.trained and s.files == [path] and s.points[0].source == str(path)
+    s = model_set(["hyperprior-bm"], qualities=[3], config=TINY, untrained=True)
+    assert not s.trained and s.files == []
 
 
 def _point_checks(point, images=2):
@@ -114,12 +125,12 @@ def test_evaluate_variable_rate_gated(dataset, tmp_path):
 
 def test_gated_flops_count_only_active_channels(dataset):
     images = list_images(dataset, limit=1)
-    dense = evaluate_models(model_set(["hyperprior-base"], config=TINY), images,
+    dense = evaluate_models(model_set(["hyperprior-base"], config=TINY, untrained=True), images,
                             progress=False, estimate=False, warm_up=False)
     gated_model = tiny("hyperprior-ecg")
     set_sparsity(gated_model, 1.0)
     gated_model.eval().update(force=True)
-    s = model_set(["hyperprior-ecg"], config=TINY)
+    s = model_set(["hyperprior-ecg"], config=TINY, untrained=True)
     s.points[0].load = lambda: gated_model
     gated = evaluate_models(s, images, progress=False, estimate=False, warm_up=False)
     d, g = dense["points"][0], gated["points"][0]
@@ -211,7 +222,8 @@ def test_cli_eval(dataset, tmp_path, capsys):
     assert [p["setting"]["quality"] for p in json.loads(out.read_text())["points"]] == [20, 60]
     assert main(["eval", "--codec", "jpeg", str(dataset), "-o", str(out)]) == 2  # exists
     out2 = tmp_path / "bm.json"
-    assert main(["eval", "--model", "hyperprior-bm", str(dataset), "--N", "16", "--M", "16",
+    assert main(["eval", "--model", "hyperprior-bm", str(dataset), "--untrained", "--N", "16",
+                 "--M", "16",
                  "--quality", "3", "--limit", "1", "--no-flops", "-o", str(out2)]) == 0
     res = load_results(out2)
     assert res["model"]["trained"] is False and res["points"][0]["encoder_flops"] is None

@@ -14,8 +14,10 @@ examples:
   varicodec eval --model ckpt/hyperprior-base@q1..8 kodak -o base.json   (fixed-rate set)
   varicodec eval --model a.safetensors --model b.safetensors kodak -o set.json
   varicodec eval --codec jpeg kodak -o jpeg.json
-  varicodec eval --model hyperprior-ecgbm --N 16 --M 16 --limit 2 kodak -o smoke.json
-    (a registry name without weights builds an untrained model: for cost and smoke tests)
+  varicodec eval --model hyperprior-ecgbm --quality 1..8 kodak -o bundled.json
+    (a registry name means its bundled weights when there are some)
+  varicodec eval --model hyperprior-ecgbm --untrained --N 16 --M 16 --limit 2 kodak -o smoke.json
+    (an untrained model: for cost and smoke tests)
 """
 
 
@@ -43,8 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="results JSON file to write")
     p.add_argument("--limit", type=int, metavar="K", help="only the first K images")
     p.add_argument("--label", help="curve name in plots and tables")
-    p.add_argument("--N", type=int, help="channels N of models built from a registry name")
-    p.add_argument("--M", type=int, help="latent channels M of models built from a registry name")
+    p.add_argument("--untrained", action="store_true",
+                   help="build registry names as untrained models even if weights are bundled")
+    p.add_argument("--N", type=int, help="channels N of untrained models")
+    p.add_argument("--M", type=int, help="latent channels M of untrained models")
     p.add_argument("--no-flops", dest="flops", action="store_false",
                    help="skip the FLOP-counting pass")
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
@@ -118,7 +122,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             args.model,
             lmbdas=parse_values(args.lmbda, "lambda") if args.lmbda else None,
             qualities=parse_values(args.quality, "quality") if args.quality else None,
-            config=config, label=args.label,
+            config=config, label=args.label, untrained=args.untrained,
         )
         results = evaluate_models(models, images, flops=args.flops, estimate=args.estimate,
                                   progress=progress, dataset_dir=dataset, limit=args.limit)

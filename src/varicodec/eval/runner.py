@@ -181,6 +181,16 @@ def _file_loader(path: Path) -> Callable[[], VaricodecModel]:
     return lambda: load_model(path)
 
 
+def _bundled(name: str) -> Path | None:
+    """The weights bundled with the package for registry name ``name``, if any."""
+    try:
+        from ..codec.pretrained import bundled_path
+    except ImportError:
+        return None
+    path = bundled_path(name)
+    return path if path.is_file() else None
+
+
 def _set_candidates(base: str, q: int) -> list[Path]:
     stem = base.removesuffix(_SUFFIX)
     if "{q}" in stem:
@@ -220,12 +230,15 @@ def model_set(
     qualities: Sequence[float] | None = None,
     config: dict | None = None,
     label: str | None = None,
+    untrained: bool = False,
 ) -> ModelSet:
     """Turn ``--model`` arguments into the rate points of one curve.
 
     Args:
         specs: one weights file or registry name (a variable-rate model, or a
-            fixed-rate one at its own λ); several fixed-rate weights files; or
+            fixed-rate one at its own λ; a registry name means its bundled
+            weights, or an untrained model when there are none or with
+            ``untrained``); several fixed-rate weights files; or
             ``BASE@q1..8`` — the fixed-rate set ``BASE-q1.safetensors`` …
             (also ``BASE@q1``, ``_q1``, ``.q1``, ``/q1``, ``q1``, or a literal
             ``{q}`` in ``BASE``). A registry name ``BASE`` with no such files
@@ -234,6 +247,8 @@ def model_set(
             qualities 1..8).
         config: keyword arguments for models built from registry names (N, M, …).
         label: the curve's name (default: the model name).
+        untrained: build registry names as untrained models even when weights
+            are bundled (for cost measurements).
     """
     config = dict(config or {})
     if not specs:
@@ -253,6 +268,9 @@ def model_set(
         elif Path(spec).is_file():
             points.append(RatePoint(_file_loader(Path(spec)), None, {}, spec))
             files.append(Path(spec))
+        elif spec in list_models() and not untrained and (bundled := _bundled(spec)):
+            points.append(RatePoint(_file_loader(bundled), None, {}, str(bundled)))
+            files.append(bundled)
         elif spec in list_models():
             points.append(RatePoint(_registry_loader(spec, None, config), None, {}))
             trained = False
