@@ -19,7 +19,9 @@ Sections (each appears when its inputs are present):
    bpp (real and estimated), PSNR, MS-SSIM, times, FLOPs, sparsity.
 
 PSNR drop % = ``(PSNR_base − PSNR_x) / PSNR_base · 100``; FLOP reduction =
-``FLOPs_base / FLOPs_x`` at the same λ, FLOPs as measured per image.
+``FLOPs_base / FLOPs_x`` at the same λ, FLOPs as measured per image; time × =
+``time_base / time_x`` (wall clock; only meaningful when both ran on the same
+machine under the same load — check the files' ``environment``).
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
         lines += [
             f"### {arch}: {gated['label']} against {base['label']}", "",
             "| q | λ | bpp base | bpp | PSNR base (dB) | PSNR (dB) | PSNR drop % | "
-            "FLOP × enc | FLOP × dec | FLOP × total | sparsity |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "FLOP × enc | FLOP × dec | FLOP × total | sparsity | time × enc | time × dec |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for b, p in pairs:
             drop = ((b["psnr_db"] - p["psnr_db"]) / b["psnr_db"] * 100
@@ -131,7 +133,9 @@ def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
                 f"{_f(p.get('psnr_db'), '.2f')} | {_f(drop, '.2f')} | "
                 f"{_f(_ratio(b.get('encoder_flops'), p.get('encoder_flops')), '.2f')} | "
                 f"{_f(_ratio(b.get('decoder_flops'), p.get('decoder_flops')), '.2f')} | "
-                f"{_f(_ratio(tot_b, tot_p), '.2f')} | {_f(p.get('sparsity_mean'), '.3f')} |"
+                f"{_f(_ratio(tot_b, tot_p), '.2f')} | {_f(p.get('sparsity_mean'), '.3f')} | "
+                f"{_f(_ratio(b.get('encode_s'), p.get('encode_s')), '.2f')} | "
+                f"{_f(_ratio(b.get('decode_s'), p.get('decode_s')), '.2f')} |"
             )
         rate, dpsnr = _bd(base, gated)
         lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f', ' %')}, "
