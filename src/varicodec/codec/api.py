@@ -31,6 +31,7 @@ from ..imageio import (
     to_uint8,
 )
 from ..layers import LmbdaRange
+from ..metrics import psnr_db
 from ..models import VaricodecModel
 from ..quality import lmbda_to_quality, quality_to_lmbda
 from .format import Container
@@ -68,12 +69,6 @@ class EncodeResult:
 
 
 # ----------------------------------------------------------------- helpers
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 arrays of the same shape (inf if identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 def _pack_alpha(alpha: np.ndarray | None) -> bytes | None:
     if alpha is None:
         return None
