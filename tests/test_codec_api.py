@@ -1,38 +1,19 @@
 """varicodec.codec.encode / decode / info on tiny models (N = M = 16)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 from PIL import Image
 
 from varicodec.codec import decode, decode_image, encode, encode_image, info, pretrained
 from varicodec.errors import FormatError, ModelMismatchError, VaricodecError, VaricodecWarning
 from varicodec.models import save_model
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
-    # spinning makes them ~8x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tiny_model = bench("fuzz_format").tiny_model
+tiny_model = load_benchmark("fuzz_format").tiny_model
 
 
 @pytest.fixture(scope="module")

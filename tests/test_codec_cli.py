@@ -1,6 +1,5 @@
 """`varicodec encode | decode | info` in-process: every input kind, every bad input."""
 
-import importlib.util
 import os
 import struct
 import zlib
@@ -9,26 +8,14 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pytest
-import torch
+from conftest import load_benchmark
 from PIL import Image
 
 from varicodec.cli import main
 from varicodec.models import save_model
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
-    # spinning makes them ~8x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-_spec = importlib.util.spec_from_file_location("fuzz_format", BENCH / "fuzz_format.py")
-_fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fuzz)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+_fuzz = load_benchmark("fuzz_format")
 
 
 @pytest.fixture(scope="module")

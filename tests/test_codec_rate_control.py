@@ -1,12 +1,10 @@
 """Rate control: the search on synthetic curves, and real coding on a tiny model."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import load_benchmark
 from PIL import Image
 
 from varicodec.codec import encode_image, info
@@ -14,24 +12,7 @@ from varicodec.codec.rate_control import search_lmbda_code
 from varicodec.layers import LmbdaRange
 from varicodec.models import save_model
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
-    # spinning makes them ~8x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RANGE = LmbdaRange(0.0018, 0.18)
@@ -76,7 +57,7 @@ def test_unreachable_precision_gives_closest():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    m = bench("fuzz_format").tiny_model("hyperprior-ecgbm", 0)
+    m = load_benchmark("fuzz_format").tiny_model("hyperprior-ecgbm", 0)
     return save_model(m, tmp_path_factory.mktemp("m") / "vr.safetensors")
 
 
@@ -121,7 +102,7 @@ def test_real_psnr_target_runs(model_path):
 def test_benchmark_script(model_path, tmp_path):
     for i in range(2):
         Image.fromarray(smooth(64, 64, seed=i)).save(tmp_path / f"im{i}.png")
-    rc_bench = bench("rate_control")
+    rc_bench = load_benchmark("rate_control")
     result = rc_bench.run(sorted(tmp_path.glob("*.png")), model_path, targets=(0.5,))
     table = rc_bench.format_table(result)
     assert "| 0.5 | 2 | 0 |" in table

@@ -1,25 +1,11 @@
 """A CI-sized run of benchmarks/fuzz_format.py: damaged files end in clean errors."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP
-    # spinning makes them ~8x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-_spec = importlib.util.spec_from_file_location("fuzz_format", BENCH / "fuzz_format.py")
-fuzz_format = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz_format)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+fuzz_format = load_benchmark("fuzz_format")
 
 
 def test_fuzz_300_cases():
