@@ -62,12 +62,17 @@ def load_init_weights(model: VaricodecModel, path: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"--init: no such weights or run: {path}")
     try:
-        read_card(path)
+        config, _ = read_card(path)
         from safetensors.torch import load_file
 
         state = load_file(str(path))
     except ValueError:
-        state, _, _ = load_checkpoint(path)
+        state, _, meta = load_checkpoint(path)
+        recipe = meta.get("recipe", {})
+        config = dict(recipe, arch=recipe.get("model", "-").split("-")[0],
+                      variant=recipe.get("model", "-").split("-")[-1])
+    if not model.variable_rate and any(k.startswith("modulator.") for k in state):
+        state = _folded_state(state, config, model.lmbda)
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) for k, v in state.items()
              if k in own and own[k].is_floating_point() or k in own}
@@ -76,6 +81,19 @@ def load_init_weights(model: VaricodecModel, path: str | Path) -> list[str]:
         raise ValueError(f"--init {path}: weights do not fit {model.name}: "
                          f"{result.unexpected_keys[:5]}")
     return list(result.missing_keys)
+
+
+def _folded_state(state: dict, config: dict, lmbda: float) -> dict:
+    """A variable-rate model's weights with its modulator folded in at ``lmbda``."""
+    from ..models.fold import fold_bitrate_modulator
+
+    keys = ("N", "M", "lmbda_range", "lmbda_ref", "gate", "bm_hidden")
+    source = create_model(f"{config['arch']}-{config['variant']}",
+                          **{k: config[k] for k in keys if config.get(k) is not None})
+    own = source.state_dict()
+    source.load_state_dict({k: v.to(own[k].dtype) if k in own and own[k].is_floating_point()
+                            else v for k, v in state.items()})
+    return fold_bitrate_modulator(source, lmbda).state_dict()
 
 
 def _param_groups(model: VaricodecModel, cfg: TrainConfig) -> tuple[list[dict], list]:
