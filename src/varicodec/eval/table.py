@@ -6,8 +6,8 @@ Sections (each appears when its inputs are present):
    against an anchor curve (``--anchor LABEL``; default the ``jpeg`` codec
    when present) and, for our models, against CompressAI's published curve of
    the same architecture.
-2. **Gating against the dense model** — for each architecture, every gated
-   set (``ecg``, ``ecgbm``) against the ``base`` set, per quality (points
+2. **Against the dense fixed-rate models, λ by λ** — for each architecture,
+   every ``ecg``, ``bm`` and ``ecgbm`` result against the ``base`` set, per quality (points
    matched by λ): PSNR drop in %, FLOP reduction × (encoder, decoder, both),
    mean sparsity over gated layers; the paper's Table 1.
 3. **Variable rate against the fixed set** — each variable-rate model
@@ -108,14 +108,14 @@ def _curves_section(results: Sequence[dict], anchor: dict | None) -> list[str]:
 def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
     lines: list[str] = []
     for (arch, variant), gated in by_key.items():
-        if variant not in ("ecg", "ecgbm") or (arch, "base") not in by_key:
+        if variant not in ("ecg", "bm", "ecgbm") or (arch, "base") not in by_key:
             continue
         base = by_key[(arch, "base")]
         pairs = _match(base, gated)
         if not pairs:
             continue
         if not lines:
-            lines = ["## Gating against the dense model", ""]
+            lines = ["## Against the dense fixed-rate models, λ by λ", ""]
         lines += [
             f"### {arch}: {gated['label']} against {base['label']}", "",
             "| q | λ | bpp base | bpp | PSNR base (dB) | PSNR (dB) | PSNR drop % | "
