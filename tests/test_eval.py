@@ -232,3 +232,23 @@ def test_cli_eval(dataset, tmp_path, capsys):
     assert "no such dataset folder" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     assert main(["table", str(tmp_path / "bad.json")]) == 2
+
+
+def test_continuity_counts_reversals_and_gaps():
+    from varicodec.eval.table import continuity, make_tables
+
+    def result(bpps, psnrs):
+        return {"label": "vr", "kind": "model",
+                "model": {"arch": "hyperprior", "variant": "bm", "variable_rate": True},
+                "points": [{"lmbda": 0.001 * (i + 1), "bpp": b, "psnr_db": p}
+                           for i, (b, p) in enumerate(zip(bpps, psnrs))]}
+
+    smooth = continuity(result([0.1, 0.2, 0.3, 0.7], [25, 26, 27, 28]))
+    assert smooth["rate_reversals"] == 0 and smooth["psnr_reversals"] == 0
+    assert smooth["largest_step_bpp"] == pytest.approx(0.4)
+    assert smooth["largest_step_share"] == pytest.approx(0.4 / 0.6)
+    bumpy = continuity(result([0.1, 0.3, 0.2, 0.4], [25, 27, 26, 28]))
+    assert bumpy["rate_reversals"] == 1 and bumpy["psnr_reversals"] == 1
+    assert continuity(result([0.1, 0.2], [25, 26])) is None
+    assert "| vr | 4 | 0.100–0.400 | 1 | 1 |" in make_tables([result([0.1, 0.3, 0.2, 0.4],
+                                                                      [25, 27, 26, 28])])

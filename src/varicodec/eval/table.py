@@ -177,6 +177,47 @@ def _variable_rate_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
     ]
 
 
+def continuity(result: dict) -> dict | None:
+    """Is a variable-rate curve continuous? Points sorted by λ: counts of steps where the
+    mean rate or PSNR goes down (reversals), and the largest rate step between neighbours
+    relative to the rate range (a gap). ``None`` for fewer than three λ points."""
+    pts = sorted((p for p in result["points"] if p.get("lmbda") is not None
+                  and p.get("bpp") is not None and p.get("psnr_db") is not None),
+                 key=lambda p: p["lmbda"])
+    if len(pts) < 3:
+        return None
+    bpp = [p["bpp"] for p in pts]
+    psnr = [p["psnr_db"] for p in pts]
+    steps = [b - a for a, b in zip(bpp, bpp[1:])]
+    span = max(bpp) - min(bpp)
+    return {"points": len(pts), "rate_reversals": sum(d <= 0 for d in steps),
+            "psnr_reversals": sum(b <= a for a, b in zip(psnr, psnr[1:])),
+            "largest_step_bpp": max(steps),
+            "largest_step_share": max(steps) / span if span else 0.0,
+            "bpp_range": (min(bpp), max(bpp))}
+
+
+def _continuity_section(results: Sequence[dict]) -> list[str]:
+    rows = []
+    for r in results:
+        if not (r.get("model") or {}).get("variable_rate"):
+            continue
+        c = continuity(r)
+        if c is None:
+            continue
+        rows.append(f"| {r['label']} | {c['points']} | {c['bpp_range'][0]:.3f}–"
+                    f"{c['bpp_range'][1]:.3f} | {c['rate_reversals']} | {c['psnr_reversals']} | "
+                    f"{c['largest_step_bpp']:.4f} ({c['largest_step_share'] * 100:.1f} % of the "
+                    "range) |")
+    if not rows:
+        return []
+    return ["## Continuity of variable-rate curves", "",
+            "Points sorted by λ; a reversal is a step where the mean rate (or PSNR) does not "
+            "increase; the largest step is the biggest rate gap between neighbouring λ.", "",
+            "| curve | λ points | bpp range | rate reversals | PSNR reversals | largest step |",
+            "|---|---|---|---|---|---|", *rows, ""]
+
+
 def _matrix_section(results: Sequence[dict]) -> list[str]:
     labels = [r["label"] for r in results]
     lines = ["## BD-rate matrix", "",
@@ -252,6 +293,7 @@ def make_tables(results: Sequence[dict], anchor: str | None = None,
     lines = _curves_section(results, anchor_result)
     lines += _gating_section(by_key)
     lines += _variable_rate_section(by_key)
+    lines += _continuity_section(results)
     if matrix:
         lines += _matrix_section(results)
     if points:
