@@ -81,11 +81,24 @@ def test_resume_continues_identically(tmp_path, data_dir):
             torch.testing.assert_close(sa[k], sb[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_init_from_base(tmp_path, data_dir):
-    base = _recipe(tmp_path, data_dir, steps=2, name="base", model="hyperprior-base")
-    assert main(["train", "--config", str(base)]) == 0
-    ecg = _recipe(tmp_path, data_dir, steps=1, name="ecg", model="hyperprior-ecg")
-    assert main(["train", "--config", str(ecg), "--init", str(tmp_path / "runs" / "base")]) == 0
+def test_staged_init_folds_and_records_lineage(tmp_path, data_dir):
+    """bm → base (modulator folded in at the base λ) → ecg; the card lists the chain."""
+    import json
+
+    runs = tmp_path / "runs"
+    bm = _recipe(tmp_path, data_dir, steps=2, name="bm", model="hyperprior-bm")
+    assert main(["train", "--config", str(bm)]) == 0
+    base = _recipe(tmp_path, data_dir, steps=1, name="base", model="hyperprior-base",
+                   lmbda=0.01)
+    assert main(["train", "--config", str(base), "--init", str(runs / "bm")]) == 0
+    ecg = _recipe(tmp_path, data_dir, steps=1, name="ecg", model="hyperprior-ecg", lmbda=0.01)
+    assert main(["train", "--config", str(ecg), "--init", str(runs / "base")]) == 0
+    out = tmp_path / "ecg.safetensors"
+    assert main(["export", str(runs / "ecg"), "--out", str(out)]) == 0
+    card = json.loads(Path(str(out) + ".json").read_text())
+    assert [(link["run"], link["steps"]) for link in card["lineage"]] == [
+        ("bm", 2), ("base", 1), ("ecg", 1)]
+    assert card["total_steps"] == 4
 
 
 def test_bad_recipe_is_clear(tmp_path, capsys):

@@ -5,12 +5,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..models import save_model
+from ..models import read_card, save_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .loop import CHECKPOINT, build_model
 
 __all__ = ["export_run"]
+
+
+def lineage(recipe: dict, step: int, depth: int = 0) -> list[dict]:
+    """The chain of runs this one started from, oldest first: ``[{run, model, steps}]``.
+
+    Follows ``recipe.init`` through run folders (their checkpoints) and exported weights
+    (their cards); a missing or unreadable link ends the chain with ``"steps": None``.
+    """
+    here = {"run": recipe.get("name"), "model": recipe.get("model"), "steps": step}
+    init = recipe.get("init")
+    if not init or depth > 20:
+        return [here]
+    path = Path(init)
+    try:
+        if path.is_dir() or path.suffix != ".safetensors":
+            ckpt = path / CHECKPOINT if path.is_dir() else path
+            _, _, meta = load_checkpoint(ckpt)
+            before = lineage(meta.get("recipe", {}), meta.get("step"), depth + 1)
+        else:
+            _, card = read_card(path)
+            before = card.get("lineage") or [{"run": str(path), "model": card.get("name"),
+                                              "steps": card.get("steps")}]
+    except (OSError, ValueError, KeyError):
+        before = [{"run": str(init), "model": None, "steps": None}]
+    return before + [here]
 
 
 def export_run(run: str | Path, out: str | Path, half: bool = True) -> tuple[Path, dict]:
@@ -33,6 +58,7 @@ def export_run(run: str | Path, out: str | Path, half: bool = True) -> tuple[Pat
     model.load_state_dict(sd)
     model.eval()
     history = meta.get("history", [])
+    chain = lineage(meta["recipe"], meta["step"])
     card = {
         "name": model.name,
         "arch": model.arch,
@@ -44,6 +70,9 @@ def export_run(run: str | Path, out: str | Path, half: bool = True) -> tuple[Pat
         "train_data": cfg.train_dir,
         "val_data": cfg.val_dir,
         "steps": meta["step"],
+        "lineage": chain,
+        "total_steps": (sum(link["steps"] for link in chain)
+                        if all(link["steps"] is not None for link in chain) else None),
         "recipe": cfg.to_dict(),
         "validation": history[-1] if history else None,
         "git_commit": meta.get("git_commit", "unknown"),

@@ -223,6 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
 
     model = build_model(cfg).to(device)
     init = init or cfg.init
+    cfg.init = init  # recorded in the checkpoint's recipe: the model card's lineage follows it
     fresh: list[str] = []
     if init and not (resume and ckpt_path.exists()):
         fresh = load_init_weights(model, init)
