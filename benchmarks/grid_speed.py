@@ -1,7 +1,8 @@
 """Wall-clock encode/decode of trained gated models against their dense fixed-rate baselines.
 
 For every quality q this times, on the same Kodak images and in one run with the
-repetitions interleaved, ``model.compress`` and ``model.decompress`` of
+repetitions interleaved after one untimed warm-up round, ``model.compress`` and
+``model.decompress`` of
 
 * ``base``: the dense fixed-rate model at q (CompressAI's ScaleHyperprior, nothing added),
 * ``ecg``: the gated fixed-rate model at q (sparse execution of live channels),
@@ -82,6 +83,10 @@ def main(argv=None) -> int:
             dec = {k: [] for k in models}
             sparsity = {k: [] for k in models}
             with torch.inference_mode():
+                for model, lmbda in models.values():  # warm-up: one untimed round each
+                    kw = {} if lmbda is None else {"lmbda": lmbda}
+                    c = model.compress(xs[0], **kw)
+                    model.decompress(c["strings"], c["shape"], c.get("lmbda_code"))
                 for x in xs:
                     for _ in range(args.reps):
                         for name, (model, lmbda) in models.items():
