@@ -74,23 +74,22 @@ def main(argv=None) -> int:
     rows = []
     for q in (int(v) for v in args.quality.split(",")):
         lam = LAMBDAS[q - 1]
-        models = {"base": (load_model(args.dir / f"hyperprior-base-q{q}.safetensors"), None),
-                  "ecg": (load_model(args.dir / f"hyperprior-ecg-q{q}.safetensors"), None),
-                  "ecgbm": (ecgbm, lam)}
+        # name → (model, keyword arguments of its compress call)
+        models = {"base": (load_model(args.dir / f"hyperprior-base-q{q}.safetensors"), {}),
+                  "ecg": (load_model(args.dir / f"hyperprior-ecg-q{q}.safetensors"), {}),
+                  "ecgbm": (ecgbm, {"lmbda": lam})}
         for threads in (int(v) for v in args.threads.split(",")):
             torch.set_num_threads(threads)
             enc = {k: [] for k in models}
             dec = {k: [] for k in models}
             sparsity = {k: [] for k in models}
             with torch.inference_mode():
-                for model, lmbda in models.values():  # warm-up: one untimed round each
-                    kw = {} if lmbda is None else {"lmbda": lmbda}
+                for model, kw in models.values():  # warm-up: one untimed round each
                     c = model.compress(xs[0], **kw)
                     model.decompress(c["strings"], c["shape"], c.get("lmbda_code"))
                 for x in xs:
                     for _ in range(args.reps):
-                        for name, (model, lmbda) in models.items():
-                            kw = {} if lmbda is None else {"lmbda": lmbda}
+                        for name, (model, kw) in models.items():
                             c, te = _time(model.compress, x, **kw)
                             _, td = _time(model.decompress, c["strings"], c["shape"],
                                           c.get("lmbda_code"))

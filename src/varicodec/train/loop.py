@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..errors import VaricodecError
 from ..imageio import load_rgb, to_tensor
 from ..losses import RateDistortionLoss
-from ..models import VaricodecModel, create_model, read_card
+from ..models import VaricodecModel, create_model, parse_name, read_card
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import TrainConfig
 from .data import RandomCropFolder, ResumableSampler, list_images
@@ -69,8 +69,8 @@ def load_init_weights(model: VaricodecModel, path: str | Path) -> list[str]:
     except ValueError:
         state, _, meta = load_checkpoint(path)
         recipe = meta.get("recipe", {})
-        config = dict(recipe, arch=recipe.get("model", "-").split("-")[0],
-                      variant=recipe.get("model", "-").split("-")[-1])
+        arch, variant = parse_name(recipe.get("model", "hyperprior-base"))
+        config = dict(recipe, arch=arch, variant=variant)
     if not model.variable_rate and any(k.startswith("modulator.") for k in state):
         state = _folded_state(state, config, model.lmbda)
     own = model.state_dict()
