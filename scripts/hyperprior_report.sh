@@ -15,7 +15,7 @@ C=docs/results/classical
 "$VARICODEC" table $R/ecgbm-sweep.json $R/bm-sweep.json -o $R/table-sweep.md
 # regulariser / surrogate ablation at q4
 "$VARICODEC" table $R/ecg.json $R/ablation-alpha-q4.json $R/ablation-tau-q4.json \
-    --points -o $R/table-ablation.md
+    $R/ablation-flops-q4.json --points -o $R/table-ablation.md
 # against the bundled default model trained before this grid
 "$VARICODEC" table $R/ecgbm.json docs/results/hyperprior-ecgbm-cpu.json --matrix \
     -o $R/table-default.md

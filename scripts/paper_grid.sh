@@ -28,7 +28,7 @@ for stage in "${stages[@]}"; do
     ecg) for q in 1 2 3 4 5 6 7 8; do run hyperprior-ecg-q$q hyperprior-ecg-q$q; done ;;
     extra) for q in 1 2 3 4 5 6 7 8; do run hyperprior-base-q$q-extra hyperprior-base-extra-q$q; done ;;
     ecgbm) run hyperprior-ecgbm hyperprior-ecgbm ;;
-    ablation) run ablation-alpha-q4 ablation-alpha-q4; run ablation-tau-q4 ablation-tau-q4 ;;
+    ablation) for a in alpha tau flops; do run ablation-$a-q4 ablation-$a-q4; done ;;
     *) echo "unknown stage $stage (bm base ecg extra ecgbm ablation)" >&2; exit 2 ;;
   esac
 done

@@ -38,3 +38,23 @@ def test_per_example_lambda_weights_distortion(image):
 def test_bad_regularizer():
     with pytest.raises(ValueError):
         RateDistortionLoss(regularizer="l1")
+
+
+def test_flops_regularizer_weights_layers_by_their_multiply_adds(image):
+    model = tiny("hyperprior-ecg").train()
+    out = model(image)
+    gates = [g for _, g in model.gates()]
+    macs = [g.macs_per_channel * g.channels for g in gates]
+    conv = dict(model.named_modules())["net.g_s.2"]  # transposed conv, 1/8 → 1/4 resolution
+    assert conv.gate.macs_per_channel == (conv.out_channels * conv.weight[0, 0].numel()
+                                         * image.shape[-2] * image.shape[-1] // 16)
+    # one layer fully off, the rest on: the removed share is that layer's share of the MACs
+    for i, g in enumerate(gates):
+        g.sparsity = torch.tensor(1.0 if i == 0 else 0.0, requires_grad=True)
+    loss = RateDistortionLoss(gamma=1.0, regularizer="flops", sparsity_target=0.0)
+    share = macs[0] / sum(macs)
+    assert loss.sparsity_term(model).item() == pytest.approx(share**2, rel=1e-5)
+    total = loss(out, image, model)["loss"]
+    total.backward()
+    assert gates[0].sparsity.grad.item() == pytest.approx(2 * share * macs[0] / sum(macs),
+                                                          rel=1e-4)

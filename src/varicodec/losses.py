@@ -6,7 +6,10 @@ with ``R_b`` the bits per pixel of example ``b`` from the likelihoods, λ per
 example (so one batch covers many rates), and the sparsity term ``S`` either
 the paper's ``Σ_n mean_c (α_{n,c} − α_t)²`` (``regularizer="alpha"``) or a
 direct target on each gated layer's sparsity ``Σ_n (s_n − s_t)²``
-(``regularizer="sparsity"``).
+(``regularizer="sparsity"``), or one target on the share of the gated
+convolutions' multiply-adds that the gates remove, ``(Σ_n F_n s_n / Σ_n F_n − s_t)²``
+with ``F_n`` layer n's dense multiply-adds (``regularizer="flops"``): the model
+then puts its sparsity where the compute is.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ class RateDistortionLoss(nn.Module):
     def __init__(self, gamma: float = 0.0, regularizer: str = "alpha",
                  alpha_target: float = 1.0, sparsity_target: float = 0.5) -> None:
         super().__init__()
-        if regularizer not in ("alpha", "sparsity"):
-            raise ValueError(f"regularizer must be 'alpha' or 'sparsity', got {regularizer!r}")
+        if regularizer not in ("alpha", "sparsity", "flops"):
+            raise ValueError("regularizer must be 'alpha', 'sparsity' or 'flops', "
+                             f"got {regularizer!r}")
         self.gamma = float(gamma)
         self.regularizer = regularizer
         self.alpha_target = float(alpha_target)
@@ -54,6 +58,15 @@ class RateDistortionLoss(nn.Module):
             return torch.zeros((), device=dev)
         if self.regularizer == "alpha":
             terms = [(g.alpha - self.alpha_target).pow(2).mean() for g in gates]
+        elif self.regularizer == "flops":
+            live = [g for g in gates if g.sparsity is not None
+                    and getattr(g, "macs_per_channel", None)]
+            if not live:
+                return torch.zeros((), device=dev)
+            macs = torch.tensor([g.macs_per_channel * g.channels for g in live],
+                                dtype=torch.float32, device=dev)
+            saved = (torch.stack([g.sparsity for g in live]) * macs).sum() / macs.sum()
+            return (saved - self.sparsity_target).pow(2)
         else:
             terms = [(g.sparsity - self.sparsity_target).pow(2) for g in gates
                      if g.sparsity is not None]

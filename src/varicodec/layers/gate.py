@@ -220,6 +220,14 @@ class _GatedMixin:
     #: docs/results/sparse.md: NHWC halves transposed convolutions, not plain ones)
     default_channels_last = False
 
+    def _dense(self, x: Tensor, out: Tensor) -> Tensor:
+        """Record the dense multiply-adds per input channel (for a FLOP-weighted
+        sparsity target, :class:`varicodec.losses.RateDistortionLoss`) and pass ``out``."""
+        kernel = self.weight[0, 0].numel()
+        self.gate.macs_per_channel = (out.shape[1] * out.shape[2] * out.shape[3] * kernel
+                                      // self.groups)
+        return out
+
     def _sparse_applies(self, x: Tensor) -> bool:
         return (
             self.sparse and not self.training and x.dim() == 4 and x.shape[0] == 1
@@ -270,7 +278,7 @@ class GatedConv2d(_GatedMixin, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._sparse_applies(x):
-            return super().forward(self.gate(x))
+            return self._dense(x, super().forward(self.gate(x)))
         xs, w = self._sparse_operands(x)
         out = F.conv2d(xs, w, self.bias, self.stride, self.padding, self.dilation, 1)
         return self._sparse_result(out)
@@ -290,7 +298,7 @@ class GatedConvTranspose2d(_GatedMixin, nn.ConvTranspose2d):
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if not self._sparse_applies(x):
-            return super().forward(self.gate(x), output_size)
+            return self._dense(x, super().forward(self.gate(x), output_size))
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation,
         )

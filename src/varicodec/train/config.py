@@ -31,7 +31,7 @@ class TrainConfig:
     gate: dict = field(default_factory=dict)
     # sparsity regulariser
     gamma: float = 0.0
-    regularizer: str = "alpha"          # "alpha" (paper) or "sparsity" (direct target)
+    regularizer: str = "alpha"          # "alpha" (paper), "sparsity" (per layer) or "flops"
     alpha_target: float = 1.0
     sparsity_target: float = 0.5
     gamma_warmup_steps: int = 0          # γ ramps linearly from 0 over these steps
