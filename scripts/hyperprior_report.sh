@@ -9,6 +9,7 @@ C=docs/results/classical
 # the paper's table: ecg (and bm, ecgbm) against the 8 dense base models, λ by λ
 "$VARICODEC" table $R/base.json $R/ecg.json $R/bm.json $R/ecgbm.json \
     $C/jpeg.json --reference hyperprior --matrix -o $R/table-main.md
+"$VARICODEC" table $R/base.json $R/ecgbm-flops.json $R/ecgbm.json --matrix -o $R/table-flops.md
 # the fair baseline: ecg against base models given the same extra steps without gates
 "$VARICODEC" table $R/base-extra.json $R/ecg.json $R/ecgbm.json -o $R/table-extra.md
 # continuity of the variable-rate models (32-λ sweeps)

@@ -27,7 +27,7 @@ for stage in "${stages[@]}"; do
     base) for q in 1 2 3 4 5 6 7 8; do run hyperprior-base-q$q hyperprior-base-q$q; done ;;
     ecg) for q in 1 2 3 4 5 6 7 8; do run hyperprior-ecg-q$q hyperprior-ecg-q$q; done ;;
     extra) for q in 1 2 3 4 5 6 7 8; do run hyperprior-base-q$q-extra hyperprior-base-extra-q$q; done ;;
-    ecgbm) run hyperprior-ecgbm hyperprior-ecgbm ;;
+    ecgbm) run hyperprior-ecgbm hyperprior-ecgbm; run hyperprior-ecgbm-flops hyperprior-ecgbm-flops ;;
     ablation) for a in alpha tau flops; do run ablation-$a-q4 ablation-$a-q4; done ;;
     *) echo "unknown stage $stage (bm base ecg extra ecgbm ablation)" >&2; exit 2 ;;
   esac
