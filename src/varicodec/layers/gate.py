@@ -220,7 +220,7 @@ class _GatedMixin:
     #: docs/results/sparse.md: NHWC halves transposed convolutions, not plain ones)
     default_channels_last = False
 
-    def _dense(self, x: Tensor, out: Tensor) -> Tensor:
+    def _dense(self, out: Tensor) -> Tensor:
         """Record the dense multiply-adds per input channel (for a FLOP-weighted
         sparsity target, :class:`varicodec.losses.RateDistortionLoss`) and pass ``out``."""
         kernel = self.weight[0, 0].numel()
@@ -278,7 +278,7 @@ class GatedConv2d(_GatedMixin, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._sparse_applies(x):
-            return self._dense(x, super().forward(self.gate(x)))
+            return self._dense(super().forward(self.gate(x)))
         xs, w = self._sparse_operands(x)
         out = F.conv2d(xs, w, self.bias, self.stride, self.padding, self.dilation, 1)
         return self._sparse_result(out)
@@ -298,7 +298,7 @@ class GatedConvTranspose2d(_GatedMixin, nn.ConvTranspose2d):
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if not self._sparse_applies(x):
-            return self._dense(x, super().forward(self.gate(x), output_size))
+            return self._dense(super().forward(self.gate(x), output_size))
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation,
         )

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from .codec_model import VaricodecModel
 from .registry import create_model
 
-__all__ = ["save_model", "load_model", "read_card", "weights_fingerprint"]
+__all__ = ["save_model", "load_model", "model_from_state", "read_card", "weights_fingerprint"]
 
 
 def weights_fingerprint(model: VaricodecModel) -> bytes:
@@ -83,21 +83,25 @@ def read_card(path: str | os.PathLike) -> tuple[dict, dict]:
     return json.loads(meta["varicodec.config"]), json.loads(meta.get("varicodec.card", "{}"))
 
 
+def model_from_state(config: dict, state: dict) -> VaricodecModel:
+    """Build the model ``config`` describes (``arch``, ``variant`` and its keyword
+    arguments) and load ``state``, float tensors cast to the model's dtypes (fp16 on disk)."""
+    model = create_model(f"{config['arch']}-{config['variant']}", **config)
+    own = model.state_dict()
+    model.load_state_dict({k: (v.to(own[k].dtype) if k in own and own[k].is_floating_point()
+                               else v) for k, v in state.items()})
+    return model
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu") -> VaricodecModel:
     """Build the model described in ``path``'s metadata and load its weights (eval mode)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
     config, card = read_card(path)
-    model = create_model(f"{config['arch']}-{config['variant']}", **config)
-    state = {}
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        for k in f.keys():
-            state[k] = f.get_tensor(k)
-    own = model.state_dict()
-    state = {k: (v.to(own[k].dtype) if k in own and own[k].is_floating_point() else v)
-             for k, v in state.items()}
-    model.load_state_dict(state)
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    model = model_from_state(config, state)
     model.card = card
     model.source = str(path)
     return model.to(device).eval()

@@ -26,6 +26,7 @@ from ..errors import VaricodecError
 from ..imageio import load_rgb, to_tensor
 from ..losses import RateDistortionLoss
 from ..models import VaricodecModel, create_model, parse_name, read_card
+from ..models.io import model_from_state
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import TrainConfig
 from .data import RandomCropFolder, ResumableSampler, list_images
@@ -87,12 +88,8 @@ def _folded_state(state: dict, config: dict, lmbda: float) -> dict:
     """A variable-rate model's weights with its modulator folded in at ``lmbda``."""
     from ..models.fold import fold_bitrate_modulator
 
-    keys = ("N", "M", "lmbda_range", "lmbda_ref", "gate", "bm_hidden")
-    source = create_model(f"{config['arch']}-{config['variant']}",
-                          **{k: config[k] for k in keys if config.get(k) is not None})
-    own = source.state_dict()
-    source.load_state_dict({k: v.to(own[k].dtype) if k in own and own[k].is_floating_point()
-                            else v for k, v in state.items()})
+    keys = ("arch", "variant", "N", "M", "lmbda_range", "lmbda_ref", "gate", "bm_hidden")
+    source = model_from_state({k: config[k] for k in keys if config.get(k) is not None}, state)
     return fold_bitrate_modulator(source, lmbda).state_dict()
 
 
