@@ -119,6 +119,7 @@ class VaricodecModel(nn.Module):
         if self.gated:
             self.gated_layers = insert_gates(self.net, skip=_UNGATED, **(gate or {}))
         self.lmbda_range: LmbdaRange | None = None
+        self.autocast_dtype: torch.dtype | None = None
         self._lmbda: Tensor | None = None
         self._y_hat: Tensor | None = None
         self.net.g_s.register_forward_pre_hook(self._capture_latent)
@@ -177,14 +178,19 @@ class VaricodecModel(nn.Module):
             if self.variable_rate:
                 raise ValueError(f"{self.name} is a variable-rate model: give lmbda")
             lmbda = self.lmbda
-        t = torch.as_tensor(lmbda, dtype=torch.float32, device=device).flatten()
+        t = torch.as_tensor(lmbda, dtype=torch.float32).flatten()
         if t.numel() == 1:
             t = t.expand(batch)
         if t.numel() != batch:
             raise ValueError(f"got {t.numel()} lambda values for a batch of {batch}")
         if self.lmbda_range is not None:
+            # on the host when λ comes from there (the training loop): no device sync
             self.lmbda_range.check(float(t.min()))
             self.lmbda_range.check(float(t.max()))
+        if t.device != torch.device(device):
+            if t.device.type == "cpu" and torch.device(device).type == "cuda":
+                t = t.pin_memory()
+            t = t.to(device, non_blocking=True)
         return t
 
     def _check_image(self, x: Tensor) -> None:
@@ -206,6 +212,24 @@ class VaricodecModel(nn.Module):
             out = self.net(x)
         out["lmbda"] = lm
         return out
+
+    #: the transforms that :meth:`set_autocast` runs in reduced precision
+    TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
+
+    def set_autocast(self, dtype: torch.dtype | None) -> None:
+        """Run the transforms ``g_a``, ``h_a``, ``h_s``, ``g_s`` under autocast to ``dtype``
+        (e.g. ``torch.bfloat16``, for training speed), or back in full precision (``None``).
+
+        Their outputs are cast back to float32, so the bit-rate modulator, the
+        quantiser, the entropy models and the likelihoods stay in float32. The
+        joint model's context and entropy-parameter networks also stay float32.
+        """
+        self.autocast_dtype = dtype
+        for name in self.TRANSFORMS:
+            module = getattr(self.net, name)
+            module.__dict__.pop("forward", None)       # back to the class's forward
+            if dtype is not None:
+                module.forward = _AutocastForward(module.forward, dtype)
 
     def aux_loss(self) -> Tensor:
         return self.net.aux_loss()
@@ -342,6 +366,18 @@ class VaricodecModel(nn.Module):
             for g in self._hs_gates():
                 g.forced_mask = None
         return {"x_hat": out["x_hat"], "y_hat": self._y_hat}
+
+
+class _AutocastForward:
+    """A module's ``forward`` run under autocast, returning float32."""
+
+    def __init__(self, forward, dtype: torch.dtype) -> None:
+        self.forward, self.dtype = forward, dtype
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.forward(x)
+        return out.float()
 
 
 class _CachedLatent(nn.Module):

@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="override the recipe's torch thread count")
     p.add_argument("--max-minutes", type=float,
                    help="stop cleanly (with a checkpoint) after this much wall-clock time")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="train for this much time, with the lr decays at fractions of it "
+                        "(the recipe's time_budget_minutes)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key (VALUE read as YAML), e.g. --set amp=null")
     p.set_defaults(func=_train)
 
     e = sub.add_parser("export", help="write a run's weights + model card as safetensors")
@@ -29,11 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import yaml
+
     from .config import load_config
     from .loop import train
 
-    cfg = load_config(args.config, name=args.name, out_dir=args.out_dir, steps=args.steps,
-                      threads=args.threads)
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        extra[key.strip()] = yaml.safe_load(value)
+    cfg = load_config(args.config, set_values=extra, name=args.name, out_dir=args.out_dir,
+                      steps=args.steps, threads=args.threads,
+                      time_budget_minutes=args.time_budget)
     train(cfg, resume=args.resume, init=args.init, max_minutes=args.max_minutes)
     return 0
 

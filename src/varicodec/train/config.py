@@ -42,8 +42,13 @@ class TrainConfig:
     scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     batch_size: int = 8
     workers: int = 2
+    data_in_memory: bool = False         # decode the training set once; cut crops on the device
+    # speed (GPU): bf16 transforms (entropy models stay float32), channels_last tensors
+    amp: str | None = None               # None or "bf16"
+    channels_last: bool = False
     # optimisation
     steps: int = 10000
+    time_budget_minutes: float | None = None  # stop here; lr decays then follow elapsed time
     lr: float = 1e-4
     gate_lr: float = 1e-2                # α and cross-channel kernels
     modulator_lr: float = 1e-3
@@ -51,6 +56,7 @@ class TrainConfig:
     clip_grad: float = 1.0
     lr_decay_at: list[float] = field(default_factory=lambda: [0.8, 0.95])  # fractions of steps
     lr_decay: float = 0.1
+    lr_warmup_steps: int = 0             # linear ramp: a fresh optimiser on trained weights
     seed: int = 0
     threads: int | None = None
     # bookkeeping
@@ -70,8 +76,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path, **overrides) -> TrainConfig:
-    """Read a YAML recipe; unknown keys are an error (typos must not pass silently)."""
+def load_config(path: str | Path, set_values: dict | None = None, **overrides) -> TrainConfig:
+    """Read a YAML recipe; unknown keys are an error (typos must not pass silently).
+
+    ``overrides`` that are ``None`` are ignored (unset command-line options);
+    ``set_values`` are applied as given, ``None`` included.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such recipe: {path}")
@@ -79,8 +89,12 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe must be a mapping of keys to values")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    data.update(set_values or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown recipe keys {unknown}")
-    return TrainConfig(**data)
+    cfg = TrainConfig(**data)
+    if cfg.amp not in (None, "bf16"):
+        raise ValueError(f"{path}: amp must be bf16 or absent, got {cfg.amp!r}")
+    return cfg

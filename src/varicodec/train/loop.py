@@ -30,8 +30,10 @@ from ..models.io import model_from_state
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import TrainConfig
 from .data import RandomCropFolder, ResumableSampler, list_images
+from .memdata import InMemoryCrops
 
-__all__ = ["train", "build_model", "git_commit", "load_init_weights"]
+__all__ = ["train", "train_step", "build_model", "git_commit", "load_init_weights",
+           "make_batches"]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -112,8 +114,38 @@ def _param_groups(model: VaricodecModel, cfg: TrainConfig) -> tuple[list[dict], 
     return groups, aux
 
 
-def _lr_factor(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr_decay ** sum(step >= f * cfg.steps for f in cfg.lr_decay_at)
+def _progress(cfg: TrainConfig, step: int, seconds: float) -> float:
+    """How far the run is, in [0, 1]: by steps, or by training time under a time budget."""
+    done = step / cfg.steps
+    if cfg.time_budget_minutes:
+        done = max(done, seconds / (60 * cfg.time_budget_minutes))
+    return done
+
+
+def train_step(net, model: VaricodecModel, criterion: RateDistortionLoss, opt, aux_opt,
+               x: torch.Tensor, lmbda: torch.Tensor, clip_grad: float = 0.0):
+    """One optimisation step: R-D loss, backward, clip, Adam; then the auxiliary step.
+
+    Returns ``(losses, aux_loss)`` as tensors (reading them syncs the device).
+    """
+    out = net(x, lmbda=lmbda)
+    losses = criterion(out, x, model)
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    opt.step()
+    aux = model.aux_loss()
+    aux_opt.zero_grad(set_to_none=True)
+    aux.backward()
+    aux_opt.step()
+    return losses, aux
+
+
+def _lr_factor(cfg: TrainConfig, step: int, seconds: float = 0.0) -> float:
+    p = _progress(cfg, step, seconds)
+    warm = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+    return warm * cfg.lr_decay ** sum(p >= f for f in cfg.lr_decay_at)
 
 
 def sample_lmbda(cfg: TrainConfig, model: VaricodecModel, batch: int) -> torch.Tensor:
@@ -151,8 +183,9 @@ def _center_crops(folder: str, count: int, size: int) -> list[torch.Tensor]:
 def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor],
              device: torch.device) -> dict:
     """Estimated and real bpp, PSNR and per-layer sparsity at a few λ."""
-    was_training = model.training
+    was_training, amp = model.training, model.autocast_dtype
     model.eval()
+    model.set_autocast(None)  # validate in full precision
     if model.variable_rate:
         lo, hi = cfg.lmbda_range
         points = [lo, math.sqrt(lo * hi), hi]
@@ -176,13 +209,16 @@ def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor]
                 c = model.compress(x, lmbda=lm if model.variable_rate else None)
                 real.append(sum(len(s[0]) for s in c["strings"]) * 8 / n)
         sp = {k: float(np.mean(v)) for k, v in layers.items()}
+        mse = [10 ** (-p / 10) for p in psnr]
         result["points"].append({
             "lmbda": lm, "bpp_est": float(np.mean(est)), "psnr_db": float(np.mean(psnr)),
+            "rd_loss": float(np.mean(est) + lm * 255**2 * np.mean(mse)),
             "bpp_real": float(np.mean(real)) if real else None,
             "sparsity": float(np.mean(list(sp.values()))) if sp else 0.0,
             "sparsity_per_layer": sp,
         })
     model.train(was_training)
+    model.set_autocast(amp)
     return result
 
 
@@ -204,6 +240,10 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         rank = dist.get_rank()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
                           if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     main_proc = rank == 0
@@ -228,10 +268,11 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
             print(f"initialised from {init} ({len(fresh)} tensors kept fresh: gates/modulators)",
                   file=sys.stderr)
     groups, aux_params = _param_groups(model, cfg)
-    opt = torch.optim.Adam(groups)
-    aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+    fused = device.type == "cuda"  # one kernel per step instead of one per tensor
+    opt = torch.optim.Adam(groups, fused=fused)
+    aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr, fused=fused)
     optimizers = {"main": opt, "aux": aux_opt}
-    step, history = 0, []
+    step, history, seconds = 0, [], 0.0
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
@@ -242,9 +283,13 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
             random.seed(cfg.seed + rank + meta["step"])
             torch.manual_seed(cfg.seed + rank + meta["step"])
         step, history = meta["step"], meta.get("history", [])
+        seconds = float(meta.get("train_seconds", 0.0))
         if main_proc:
             print(f"resumed {run_dir} at step {step}", file=sys.stderr)
 
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None)
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -252,14 +297,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
             find_unused_parameters=True)
     criterion = RateDistortionLoss(cfg.gamma, cfg.regularizer, cfg.alpha_target,
                                    cfg.sparsity_target)
-    data = RandomCropFolder(cfg.train_dir, cfg.crop, tuple(cfg.scale), verbose=main_proc)
-    sampler = ResumableSampler(len(data), seed=cfg.seed * 1000 + rank * 7919,
-                               start=step * cfg.batch_size)
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + step)
-    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, generator=g,
-                        persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
-                        worker_init_fn=_seed_worker)
+    batches = make_batches(cfg, device, rank, step, main_proc)
     val_images = _center_crops(cfg.val_dir, cfg.val_images, cfg.val_crop) if main_proc else []
 
     stop = {"flag": False}
@@ -274,7 +312,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         if main_proc:
             save_checkpoint(ckpt_path, model, optimizers, step,
                             {"recipe": cfg.to_dict(), "history": history,
-                             "git_commit": git_commit()})
+                             "git_commit": git_commit(), "train_seconds": seconds})
 
     log_path = run_dir / "log.csv"
     log_fields = ["step", "time_s", "loss", "bpp", "psnr_db", "sparsity", "reg", "aux", "lr"]
@@ -286,28 +324,22 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     t_start = time.time()
     last_ckpt = time.time()
     model.train()
-    it = iter(loader)
+    t_step = time.time()
     while step < cfg.steps and not stop["flag"]:
-        x = next(it)
-        x = x.to(device, non_blocking=True)
-        factor = _lr_factor(cfg, step)
+        x = next(batches)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        factor = _lr_factor(cfg, step, seconds)
         for grp in opt.param_groups:
             grp["lr"] = grp["base_lr"] * factor
         if cfg.gamma_warmup_steps:
             criterion.gamma = cfg.gamma * min(1.0, step / cfg.gamma_warmup_steps)
-        lm = sample_lmbda(cfg, model, x.shape[0]).to(device)
-        out = net(x, lmbda=lm)
-        losses = criterion(out, x, model)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        opt.step()
-        aux = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux.backward()
-        aux_opt.step()
+        lm = sample_lmbda(cfg, model, x.shape[0])  # on the host: the model moves it, no sync
+        losses, aux = train_step(net, model, criterion, opt, aux_opt, x, lm, cfg.clip_grad)
         step += 1
+        now = time.time()
+        seconds += now - t_step
+        t_step = now
         if main_proc:
             bar.update(1)
             if step % cfg.log_every == 0 or step == 1:
@@ -326,7 +358,10 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
                 v["step"] = step
                 history.append(v)
                 tqdm.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
+                t_step = time.time()  # validation time is not training time
         if max_minutes and time.time() - t_start > 60 * max_minutes:
+            stop["flag"] = True
+        if cfg.time_budget_minutes and seconds >= 60 * cfg.time_budget_minutes:
             stop["flag"] = True
         if distributed:
             flag = torch.tensor([float(stop["flag"])], device=device)
@@ -335,15 +370,41 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
             checkpoint()
             last_ckpt = time.time()
+    if main_proc and cfg.time_budget_minutes and (not history or history[-1]["step"] != step):
+        v = validate(model, cfg, val_images, device)   # the budget ended the run: validate it
+        v["step"] = step
+        history.append(v)
+        tqdm.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
     checkpoint()
     bar.close()
     if main_proc:
-        state = "finished" if step >= cfg.steps else "stopped (resume with --resume)"
+        budget_spent = cfg.time_budget_minutes and seconds >= 60 * cfg.time_budget_minutes
+        state = ("finished" if step >= cfg.steps or budget_spent
+                 else "stopped (resume with --resume)")
         print(f"{cfg.name}: {state} at step {step}; checkpoint {ckpt_path}", file=sys.stderr)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
     return run_dir
+
+
+def make_batches(cfg: TrainConfig, device: torch.device, rank: int, step: int, verbose: bool):
+    """Endless training batches on ``device``, continuing at ``step``."""
+    seed = cfg.seed * 1000 + rank * 7919
+    if cfg.data_in_memory:
+        crops = InMemoryCrops(cfg.train_dir, cfg.crop, tuple(cfg.scale), device, seed, verbose)
+        while True:
+            yield crops.batch(step, cfg.batch_size)
+            step += 1
+    data = RandomCropFolder(cfg.train_dir, cfg.crop, tuple(cfg.scale), verbose=verbose)
+    sampler = ResumableSampler(len(data), seed=seed, start=step * cfg.batch_size)
+    g = torch.Generator().manual_seed(seed + step)
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, generator=g,
+                        persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
+                        worker_init_fn=_seed_worker)
+    for x in loader:
+        yield x.to(device, non_blocking=True)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -1,0 +1,147 @@
+"""Training-loop throughput, old path against the fast path, in one run on one device.
+
+Times whole steps of the real loop (`varicodec.train.loop.train_step`, fed by the
+loop's own batch source), so data loading counts. Settings, each on the same model:
+
+* ``old``: the loop as it was: folder loader (JPEG decode + resize on CPU workers),
+  float32/TF32, λ moved to the device by the loop (the model's range check then
+  syncs), per-tensor Adam;
+* ``memory``: the training set decoded once into device memory, crops cut there;
+  λ stays on the host (no sync), fused Adam on CUDA;
+* ``memory+bf16``: plus bf16 autocast on the transforms (entropy models float32);
+* ``memory+bf16+cl``: plus channels_last.
+
+Each setting runs ``--warmup`` steps (cudnn autotuning, worker start-up), then is
+timed for ``--seconds`` of steady state. Reports steps/s, crops/s and the ratio
+against ``old``.
+
+    python benchmarks/train_loop_speed.py --config configs/gpu/hyperprior-bm.yaml \
+        --out docs/results/train_loop_speed-gpu.json
+    python benchmarks/train_loop_speed.py --config configs/hyperprior-bm-cpu.yaml \
+        --seconds 20 --warmup 2 --out docs/results/train_loop_speed-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+
+import torch
+
+from varicodec import RateDistortionLoss
+from varicodec.train import load_config
+from varicodec.train.loop import build_model, make_batches, sample_lmbda, train_step
+
+SETTINGS = {
+    "old": dict(data_in_memory=False, amp=None, channels_last=False, fast=False),
+    "memory": dict(data_in_memory=True, amp=None, channels_last=False, fast=True),
+    "memory+bf16": dict(data_in_memory=True, amp="bf16", channels_last=False, fast=True),
+    "memory+bf16+cl": dict(data_in_memory=True, amp="bf16", channels_last=True, fast=True),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg, setting: dict, device: torch.device, warmup: int, seconds: float) -> dict:
+    fast = setting["fast"]
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in setting.items() if k != "fast"})
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None)
+    main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    fused = fast and device.type == "cuda"
+    opt = torch.optim.Adam(main, lr=1e-5, fused=fused)
+    aux_opt = torch.optim.Adam(aux, lr=1e-5, fused=fused)
+    crit = RateDistortionLoss(cfg.gamma, cfg.regularizer, cfg.alpha_target, cfg.sparsity_target)
+    batches = make_batches(cfg, device, 0, 0, verbose=False)
+
+    def step() -> None:
+        x = next(batches)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lm = sample_lmbda(cfg, model, x.shape[0])
+        if not fast:
+            lm = lm.to(device)   # as the old loop did
+        train_step(model, model, crit, opt, aux_opt, x, lm, cfg.clip_grad)
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+        if device.type == "cuda" and n % 10 == 0:
+            _sync(device)     # keep the host from queueing far ahead of the clock
+    _sync(device)
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return {"steps": n, "seconds": dt, "steps_per_s": n / dt,
+            "crops_per_s": n * cfg.batch_size / dt, "peak_gpu_gib": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="training recipe (model, batch, crop, data)")
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help=f"comma-separated subset of {list(SETTINGS)}")
+    ap.add_argument("--warmup", type=int, default=25)
+    ap.add_argument("--seconds", type=float, default=8.0, help="timed steady state per setting")
+    ap.add_argument("--workers", type=int, help="loader workers of the old path")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--out", help="write the results as JSON here")
+    a = ap.parse_args()
+    cfg = load_config(a.config, workers=a.workers, threads=a.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    names = [s for s in a.settings.split(",") if s]
+    unknown = sorted(set(names) - set(SETTINGS))
+    if unknown:
+        sys.exit(f"train_loop_speed: unknown settings {unknown}; choose from {list(SETTINGS)}")
+    results = {}
+    for name in names:
+        try:
+            results[name] = measure(cfg, SETTINGS[name], device, a.warmup, a.seconds)
+        except Exception as e:  # a setting that fails on this device is reported, not fatal
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+        r = results[name]
+        print(f"{name:<16} " + (f"{r['steps_per_s']:8.2f} steps/s {r['crops_per_s']:9.1f} crops/s"
+                                if "error" not in r else r["error"]), flush=True)
+    base = results.get("old", {}).get("steps_per_s")
+    for r in results.values():
+        if base and "steps_per_s" in r:
+            r["speedup_vs_old"] = r["steps_per_s"] / base
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"{platform.processor() or platform.machine()} CPU, "
+                        f"{torch.get_num_threads()} threads")
+    out = {
+        "command": "python benchmarks/train_loop_speed.py " + " ".join(sys.argv[1:]),
+        "device": device_name, "torch": torch.__version__,
+        "model": cfg.model, "N": cfg.N, "M": cfg.M, "batch": cfg.batch_size, "crop": cfg.crop,
+        "workers_old_path": cfg.workers, "warmup_steps": a.warmup, "results": results,
+    }
+    print(json.dumps({k: v.get("speedup_vs_old") for k, v in results.items()}))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

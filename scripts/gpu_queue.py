@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""The GPU training queue: every GPU window continues the training lines where the last stopped.
+
+A GPU machine is lent now and then for ~15 minutes (start-up included), receives only this
+checkout (≤ 64 MB with carried folders), has torch but not CompressAI, and no network. The
+plan, ``configs/gpu/queue.yaml``, lists jobs in order; each trains one *line* (a model
+whose current weights live in ``checkpoints/gpu/<line>.safetensors``) for a time budget,
+or runs a measurement command.
+
+Here (CPU machine), before a window::
+
+    python scripts/gpu_queue.py pack        # .gpu/: train/val data as compact JPEG, wheels
+    python scripts/gpu_queue.py next        # what the next window will run
+
+On the GPU machine (one device call; carry .gpu)::
+
+    python3 scripts/gpu_queue.py run --deadline 540 --out "$OUT"
+
+Back here, with the files the call returned::
+
+    python scripts/gpu_queue.py collect /work/.device/…     # weights into checkpoints/gpu/,
+                                                            # logs into docs/results/gpu-runs/,
+                                                            # the plan updated
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAN = ROOT / "configs/gpu/queue.yaml"
+PACK = ROOT / ".gpu"
+LINES = ROOT / "checkpoints/gpu"
+RUNS_DOC = ROOT / "docs/results/gpu-runs"
+SHARED = ROOT.parent / "shared"
+WHEELS = ["compressai==1.2.8", "pytorch-msssim==1.0.0"]
+
+
+def load_plan() -> dict:
+    if not PLAN.is_file():
+        sys.exit(f"gpu_queue: no plan at {PLAN}")
+    plan = yaml.safe_load(PLAN.read_text())
+    if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):
+        sys.exit(f"{PLAN}: expected a mapping with a 'jobs' list")
+    return plan
+
+
+def save_plan(plan: dict) -> None:
+    header = "".join(line for line in PLAN.read_text().splitlines(keepends=True)
+                     if line.startswith("#"))
+    body = yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, width=100)
+    tmp = PLAN.with_suffix(".tmp")
+    tmp.write_text(header + body)
+    tmp.replace(PLAN)
+
+
+def pending(plan: dict) -> list[dict]:
+    return [j for j in plan["jobs"] if j.get("status", "pending") == "pending"]
+
+
+# ---------------------------------------------------------------------- pack (here)
+def cmd_pack(a: argparse.Namespace) -> int:
+    """Training data as compact JPEG plus the wheels the GPU image lacks, into .gpu/."""
+    from PIL import Image
+
+    src = Path(a.data)
+    if not (src / "train").is_dir():
+        sys.exit(f"gpu_queue pack: no training data at {src}/train")
+    train, val, whl = PACK / "data/train", PACK / "data/val", PACK / "whl"
+    for d in (train, val, whl):
+        d.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for p in sorted((src / "train").iterdir()):
+        if p.name.startswith("bsds500_"):          # JPEG q≈95 already: copy as is
+            if not (train / p.name).exists():
+                shutil.copyfile(p, train / p.name)
+            n += 1
+        elif p.name.startswith("wikiphoto_"):      # large PNGs: 0.7×, JPEG q94 4:4:4
+            out = train / (p.stem + ".jpg")
+            if not out.exists():
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+                    im = im.resize((round(im.width * 0.7), round(im.height * 0.7)),
+                                   Image.Resampling.LANCZOS)
+                    im.save(out, quality=94, subsampling=0)
+            n += 1
+        # sunhays80_*: JPEG q≈75, artefacts the codec would learn; left out
+    v = 0
+    for p in sorted((src / "val").iterdir())[: a.val_images]:
+        out = val / (p.stem + ".png")
+        if not out.exists():
+            with Image.open(p) as im:   # the centre crop the loop's validation takes
+                w, h = im.size
+                c = min(a.val_crop, h - h % 64, w - w % 64)
+                top, left = (h - c) // 2, (w - c) // 2
+                im.convert("RGB").crop((left, top, left + c, top + c)).save(out)
+        v += 1
+    if not any(whl.glob("compressai-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--only-binary=:all:", "--python-version", "3.12",
+                        "--implementation", "cp", "--platform", "manylinux_2_34_x86_64",
+                        "--platform", "manylinux_2_17_x86_64", "--platform", "any",
+                        "-d", str(whl), *WHEELS], check=True)
+    size = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file()) / 1e6
+    print(f"packed {n} training and {v} validation images and {len(list(whl.glob('*.whl')))} "
+          f"wheels into {PACK} ({size:.1f} MB)")
+    return 0
+
+
+# ---------------------------------------------------------------------- next (here)
+def cmd_next(a: argparse.Namespace) -> int:
+    plan = load_plan()
+    jobs = pending(plan)
+    if not jobs:
+        print("the queue is empty: add jobs to configs/gpu/queue.yaml")
+        return 0
+    print("next GPU window runs, in order, as long as its deadline allows:")
+    for j in jobs:
+        what = j.get("command") or f"train {j['line']} from {j.get('init', j['line'])}"
+        print(f"  {j['id']}: {what} ({j.get('minutes', '?')} min)")
+    return 0
+
+
+# ---------------------------------------------------------------------- run (GPU)
+def _weights_of(ref: str) -> Path:
+    """``line:NAME`` → that line's current weights; otherwise a path in the checkout."""
+    if ref.startswith("line:"):
+        return LINES / f"{ref[5:]}.safetensors"
+    return ROOT / ref
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    site = os.environ.get("VARICODEC_SITE", "/tmp/site")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, str(ROOT / "src"),
+                                                    env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _install_wheels() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("compressai") is not None:
+        return  # already there (a machine with the project's environment)
+    wheels = sorted(str(p) for p in (PACK / "whl").glob("*.whl"))
+    if wheels:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-compile", "--no-cache-dir", "--upgrade", "--target",
+                        os.environ.get("VARICODEC_SITE", "/tmp/site"), *wheels], check=True)
+
+
+def _train_job(job: dict, minutes: float, out: Path, logs: Path) -> dict:
+    line = job["line"]
+    run_name = f"{job['id']}"
+    runs = Path("/tmp/varicodec-runs")
+    init = _weights_of(job.get("init", f"line:{line}"))
+    cmd = [sys.executable, "-m", "varicodec", "train", "--config", str(ROOT / job["config"]),
+           "--name", run_name, "--out-dir", str(runs), "--init", str(init),
+           "--time-budget", f"{minutes:.3f}"]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(logs / f"{job['id']}.stderr.txt", "w") as f:
+        rc = subprocess.run(cmd, env=_env(), stderr=subprocess.STDOUT, stdout=f).returncode
+    fallback = job.get("fallback", ["amp=null", "channels_last=false"])
+    if rc != 0 and fallback and time.time() - t0 < 0.5 * 60 * minutes:
+        # the fast path failed early on this machine: the rest of the budget, the safe path
+        print((logs / f"{job['id']}.stderr.txt").read_text()[-3000:], flush=True)
+        left = minutes - (time.time() - t0) / 60
+        cmd = cmd[:-1] + [f"{left:.3f}"] + [f"--set={s}" for s in fallback]
+        shutil.rmtree(runs / run_name, ignore_errors=True)
+        print("fallback $", " ".join(cmd), flush=True)
+        with open(logs / f"{job['id']}.fallback.stderr.txt", "w") as f:
+            rc = subprocess.run(cmd, env=_env(), stderr=subprocess.STDOUT, stdout=f).returncode
+    result = {"id": job["id"], "line": line, "rc": rc, "wall_s": round(time.time() - t0, 1),
+              "train_minutes": minutes}
+    if rc != 0:
+        print((logs / f"{job['id']}.stderr.txt").read_text()[-3000:], flush=True)
+        return result
+    weights = out / f"{line}.safetensors"
+    subprocess.run([sys.executable, "-m", "varicodec", "export", str(runs / run_name),
+                    "--out", str(weights)], env=_env(), check=True)
+    LINES.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, LINES / f"{line}.safetensors")  # later jobs continue from here
+    shutil.move(str(weights) + ".json", logs / f"{line}.safetensors.json")
+    shutil.copyfile(runs / run_name / "log.csv", logs / f"{job['id']}.log.csv")
+    card = json.loads((logs / f"{line}.safetensors.json").read_text())
+    result.update(steps=card["steps"], total_steps=card["total_steps"],
+                  validation=card["validation"])
+    return result
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """Run pending jobs in order until the deadline; results and logs into --out."""
+    t_start = time.time()
+    out = Path(a.out)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    _install_wheels()
+    plan = load_plan()
+    report = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "deadline_s": a.deadline, "jobs": []}
+    try:
+        import torch
+        report["device"] = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                            else "cpu")
+        report["torch"] = torch.__version__
+    except ImportError:
+        pass
+    for job in pending(plan):
+        left = a.deadline - (time.time() - t_start)
+        need = float(job.get("min_minutes", job.get("minutes", 1))) * 60 + job.get("overhead_s", 45)
+        if left < need:
+            print(f"skip {job['id']}: {left:.0f} s left, needs {need:.0f} s", flush=True)
+            report["jobs"].append({"id": job["id"], "skipped": f"{left:.0f} s left"})
+            continue
+        if job.get("command"):
+            t0 = time.time()
+            cmd = job["command"].replace("$LOGS", str(logs))
+            print("$", cmd, flush=True)
+            timeout = max(10.0, left - 15)
+            try:
+                rc = subprocess.run(cmd, shell=True, env=_env(), cwd=ROOT,
+                                    timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+            report["jobs"].append({"id": job["id"], "rc": rc,
+                                   "wall_s": round(time.time() - t0, 1)})
+        else:
+            minutes = min(float(job["minutes"]), (left - job.get("overhead_s", 45)) / 60)
+            report["jobs"].append(_train_job(job, minutes, out, logs))
+        (logs / "report.json").write_text(json.dumps(report, indent=1))
+    report["wall_s"] = round(time.time() - t_start, 1)
+    (logs / "report.json").write_text(json.dumps(report, indent=1))
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(logs, arcname="logs")
+    shutil.rmtree(logs)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------- collect (here)
+def cmd_collect(a: argparse.Namespace) -> int:
+    """Take a window's output: weights into checkpoints/gpu/, logs into docs, plan updated."""
+    src = Path(a.dir)
+    with tarfile.open(src / "logs.tar.gz") as tar:
+        tar.extractall(src / "unpacked" if os.access(src, os.W_OK) else "/tmp/gpu-collect",
+                       filter="data")
+    logs = (src / "unpacked" if os.access(src, os.W_OK) else Path("/tmp/gpu-collect")) / "logs"
+    report = json.loads((logs / "report.json").read_text())
+    stamp = report["started"][:16].replace(":", "").replace("T", "-")
+    dest = RUNS_DOC / stamp
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in logs.iterdir():
+        shutil.copyfile(f, dest / f.name)
+    plan = load_plan()
+    by_id = {j["id"]: j for j in plan["jobs"]}
+    LINES.mkdir(parents=True, exist_ok=True)
+    for r in report["jobs"]:
+        job = by_id.get(r["id"])
+        if job is None or "skipped" in r:
+            continue
+        ok = r.get("rc") == 0
+        if ok and job.get("line"):
+            shutil.copyfile(src / f"{job['line']}.safetensors",
+                            LINES / f"{job['line']}.safetensors")
+            shutil.copyfile(logs / f"{job['line']}.safetensors.json",
+                            LINES / f"{job['line']}.safetensors.json")
+        job["status"] = "done" if ok else "failed"
+        job["result"] = {k: v for k, v in r.items() if k in (
+            "rc", "wall_s", "train_minutes", "steps", "total_steps")}
+        job["result"]["window"] = stamp
+        job["result"]["device"] = report.get("device")
+    save_plan(plan)
+    print(f"collected {len(report['jobs'])} jobs of window {stamp} into {dest} and {LINES}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plan", help="plan file (default configs/gpu/queue.yaml)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="build .gpu/ (data, wheels) for the GPU machine")
+    p.add_argument("--data", default=str(SHARED / "data"))
+    p.add_argument("--val-images", type=int, default=8)
+    p.add_argument("--val-crop", type=int, default=256)
+    p.set_defaults(func=cmd_pack)
+    sub.add_parser("next", help="show the pending jobs").set_defaults(func=cmd_next)
+    r = sub.add_parser("run", help="on the GPU machine: run pending jobs until the deadline")
+    r.add_argument("--deadline", type=float, default=540, help="seconds for the whole run")
+    r.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("collect", help="take a window's output into the repo")
+    c.add_argument("dir", help="the folder the device call's files landed in")
+    c.set_defaults(func=cmd_collect)
+    a = ap.parse_args()
+    if a.plan:
+        global PLAN
+        PLAN = Path(a.plan).resolve()
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
