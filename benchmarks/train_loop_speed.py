@@ -41,7 +41,13 @@ SETTINGS = {
     "memory": dict(data_in_memory=True, amp=None, channels_last=False, fast=True),
     "memory+bf16": dict(data_in_memory=True, amp="bf16", channels_last=False, fast=True),
     "memory+bf16+cl": dict(data_in_memory=True, amp="bf16", channels_last=True, fast=True),
+    "memory+cl": dict(data_in_memory=True, amp=None, channels_last=True, fast=True),
+    "memory+cl+compile": dict(data_in_memory=True, amp=None, channels_last=True, compile=True,
+                              fast=True),
+    "memory+cl+compile+b64": dict(data_in_memory=True, amp=None, channels_last=True,
+                                  compile=True, batch_size=64, fast=True),
 }
+DEFAULT_SETTINGS = "old,memory,memory+bf16,memory+bf16+cl"
 
 
 def _sync(device: torch.device) -> None:
@@ -56,7 +62,7 @@ def measure(cfg, setting: dict, device: torch.device, warmup: int, seconds: floa
     model = build_model(cfg).to(device).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None)
+    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None, compile=cfg.compile)
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     fused = fast and device.type == "cuda"
@@ -95,7 +101,7 @@ def measure(cfg, setting: dict, device: torch.device, warmup: int, seconds: floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="training recipe (model, batch, crop, data)")
-    ap.add_argument("--settings", default=",".join(SETTINGS),
+    ap.add_argument("--settings", default=DEFAULT_SETTINGS,
                     help=f"comma-separated subset of {list(SETTINGS)}")
     ap.add_argument("--warmup", type=int, default=25)
     ap.add_argument("--seconds", type=float, default=8.0, help="timed steady state per setting")

@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -230,10 +231,13 @@ def cmd_run(a: argparse.Namespace) -> int:
             cmd = job["command"].replace("$LOGS", str(logs))
             print("$", cmd, flush=True)
             timeout = max(10.0, left - 15)
+            proc = subprocess.Popen(cmd, shell=True, env=_env(), cwd=ROOT,
+                                    start_new_session=True)
             try:
-                rc = subprocess.run(cmd, shell=True, env=_env(), cwd=ROOT,
-                                    timeout=timeout).returncode
-            except subprocess.TimeoutExpired:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:   # the whole group, not just the shell
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 rc = "timeout"
             report["jobs"].append({"id": job["id"], "rc": rc,
                                    "wall_s": round(time.time() - t0, 1)})

@@ -120,6 +120,7 @@ class VaricodecModel(nn.Module):
             self.gated_layers = insert_gates(self.net, skip=_UNGATED, **(gate or {}))
         self.lmbda_range: LmbdaRange | None = None
         self.autocast_dtype: torch.dtype | None = None
+        self.compiled = False
         self._lmbda: Tensor | None = None
         self._y_hat: Tensor | None = None
         self.net.g_s.register_forward_pre_hook(self._capture_latent)
@@ -216,20 +217,27 @@ class VaricodecModel(nn.Module):
     #: the transforms that :meth:`set_autocast` runs in reduced precision
     TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
 
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        """Run the transforms ``g_a``, ``h_a``, ``h_s``, ``g_s`` under autocast to ``dtype``
-        (e.g. ``torch.bfloat16``, for training speed), or back in full precision (``None``).
+    def set_autocast(self, dtype: torch.dtype | None, compile: bool = False) -> None:
+        """Training speed-ups on the transforms ``g_a``, ``h_a``, ``h_s``, ``g_s``.
 
-        Their outputs are cast back to float32, so the bit-rate modulator, the
-        quantiser, the entropy models and the likelihoods stay in float32. The
-        joint model's context and entropy-parameter networks also stay float32.
+        ``dtype`` (e.g. ``torch.bfloat16``) runs them under autocast, their outputs
+        cast back to float32, so the bit-rate modulator, the quantiser, the entropy
+        models and the likelihoods stay in float32 (so do the joint model's context
+        and entropy-parameter networks). ``compile`` wraps each in ``torch.compile``
+        (fuses GDN's and the gates' element-wise work). ``set_autocast(None)`` restores
+        the plain float32 modules.
         """
-        self.autocast_dtype = dtype
+        self.autocast_dtype, self.compiled = dtype, bool(compile)
         for name in self.TRANSFORMS:
             module = getattr(self.net, name)
             module.__dict__.pop("forward", None)       # back to the class's forward
+            forward = module.forward
             if dtype is not None:
-                module.forward = _AutocastForward(module.forward, dtype)
+                forward = _AutocastForward(forward, dtype)
+            if compile:
+                forward = torch.compile(forward, dynamic=False)
+            if forward is not module.forward:
+                module.forward = forward
 
     def aux_loss(self) -> Tensor:
         return self.net.aux_loss()

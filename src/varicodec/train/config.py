@@ -46,6 +46,7 @@ class TrainConfig:
     # speed (GPU): bf16 transforms (entropy models stay float32), channels_last tensors
     amp: str | None = None               # None or "bf16"
     channels_last: bool = False
+    compile: bool = False                # torch.compile the transforms (GPU; minutes to build)
     # optimisation
     steps: int = 10000
     time_budget_minutes: float | None = None  # stop here; lr decays then follow elapsed time

@@ -183,9 +183,9 @@ def _center_crops(folder: str, count: int, size: int) -> list[torch.Tensor]:
 def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor],
              device: torch.device) -> dict:
     """Estimated and real bpp, PSNR and per-layer sparsity at a few λ."""
-    was_training, amp = model.training, model.autocast_dtype
+    was_training, amp, compiled = model.training, model.autocast_dtype, model.compiled
     model.eval()
-    model.set_autocast(None)  # validate in full precision
+    model.set_autocast(None)  # validate in full precision, uncompiled
     if model.variable_rate:
         lo, hi = cfg.lmbda_range
         points = [lo, math.sqrt(lo * hi), hi]
@@ -218,7 +218,7 @@ def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor]
             "sparsity_per_layer": sp,
         })
     model.train(was_training)
-    model.set_autocast(amp)
+    model.set_autocast(amp, compile=compiled)
     return result
 
 
@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
 
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None)
+    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None, compile=cfg.compile)
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
