@@ -162,10 +162,9 @@ def _install_wheels() -> None:
                         os.environ.get("VARICODEC_SITE", "/tmp/site"), *wheels], check=True)
 
 
-def _train_job(job: dict, minutes: float, out: Path, logs: Path) -> dict:
+def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> dict:
     line = job["line"]
     run_name = f"{job['id']}"
-    runs = Path("/tmp/varicodec-runs")
     init = _weights_of(job.get("init", f"line:{line}"))
     cmd = [sys.executable, "-m", "varicodec", "train", "--config", str(ROOT / job["config"]),
            "--name", run_name, "--out-dir", str(runs), "--init", str(init),
@@ -209,6 +208,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     _install_wheels()
+    import tempfile
+
+    runs = Path(tempfile.mkdtemp(prefix="varicodec-runs-"))
     plan = load_plan()
     report = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "deadline_s": a.deadline, "jobs": []}
@@ -243,7 +245,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                                    "wall_s": round(time.time() - t0, 1)})
         else:
             minutes = min(float(job["minutes"]), (left - job.get("overhead_s", 45)) / 60)
-            report["jobs"].append(_train_job(job, minutes, out, logs))
+            report["jobs"].append(_train_job(job, minutes, out, logs, runs))
         (logs / "report.json").write_text(json.dumps(report, indent=1))
     report["wall_s"] = round(time.time() - t_start, 1)
     (logs / "report.json").write_text(json.dumps(report, indent=1))
@@ -257,11 +259,15 @@ def cmd_run(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- collect (here)
 def cmd_collect(a: argparse.Namespace) -> int:
     """Take a window's output: weights into checkpoints/gpu/, logs into docs, plan updated."""
+    import tempfile
+
     src = Path(a.dir)
+    if not (src / "logs.tar.gz").is_file():
+        sys.exit(f"gpu_queue collect: no logs.tar.gz in {src}")
+    unpack = Path(tempfile.mkdtemp(prefix="gpu-collect-"))
     with tarfile.open(src / "logs.tar.gz") as tar:
-        tar.extractall(src / "unpacked" if os.access(src, os.W_OK) else "/tmp/gpu-collect",
-                       filter="data")
-    logs = (src / "unpacked" if os.access(src, os.W_OK) else Path("/tmp/gpu-collect")) / "logs"
+        tar.extractall(unpack, filter="data")
+    logs = unpack / "logs"
     report = json.loads((logs / "report.json").read_text())
     stamp = report["started"][:16].replace(":", "").replace("T", "-")
     dest = RUNS_DOC / stamp
@@ -287,6 +293,10 @@ def cmd_collect(a: argparse.Namespace) -> int:
         job["result"]["window"] = stamp
         job["result"]["device"] = report.get("device")
     save_plan(plan)
+    for f in ("run.log",):
+        if (src / f).is_file():
+            shutil.copyfile(src / f, dest / f)
+    shutil.rmtree(unpack)
     print(f"collected {len(report['jobs'])} jobs of window {stamp} into {dest} and {LINES}")
     return 0
 
@@ -294,6 +304,8 @@ def cmd_collect(a: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", help="plan file (default configs/gpu/queue.yaml)")
+    ap.add_argument("--lines", help="folder of the lines' weights (default checkpoints/gpu)")
+    ap.add_argument("--runs-doc", help="where collect puts logs (default docs/results/gpu-runs)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="build .gpu/ (data, wheels) for the GPU machine")
     p.add_argument("--data", default=str(SHARED / "data"))
@@ -309,9 +321,13 @@ def main() -> int:
     c.add_argument("dir", help="the folder the device call's files landed in")
     c.set_defaults(func=cmd_collect)
     a = ap.parse_args()
+    global PLAN, LINES, RUNS_DOC
     if a.plan:
-        global PLAN
         PLAN = Path(a.plan).resolve()
+    if a.lines:
+        LINES = Path(a.lines).resolve()
+    if a.runs_doc:
+        RUNS_DOC = Path(a.runs_doc).resolve()
     return a.func(a)
 
 

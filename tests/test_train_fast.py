@@ -1,0 +1,178 @@
+"""The fast training path: in-memory crops, time budgets, warm-up, autocast, the GPU queue."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import tiny
+from PIL import Image
+
+from varicodec.train import TrainConfig, load_config
+from varicodec.train.loop import _lr_factor
+from varicodec.train.memdata import InMemoryCrops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(96, 80), (120, 70), (70, 100)]):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            folder / f"im{i}.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(folder / "small.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def test_in_memory_crops(images, capsys):
+    crops = InMemoryCrops(images, crop=64, scale=(0.5, 1.0), seed=3)
+    err = capsys.readouterr().err
+    assert "3 training images in memory" in err and "1 skipped" in err and "broken.jpg" in err
+    a, b = crops.batch(0, 5), crops.batch(0, 5)
+    assert a.shape == (5, 3, 64, 64) and a.dtype == torch.float32
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(a, b)                        # batch k depends on (seed, k) only
+    assert not torch.equal(a, crops.batch(1, 5))
+    other = InMemoryCrops(images, crop=64, seed=4, verbose=False)
+    assert not torch.equal(a, other.batch(0, 5))
+
+
+def test_in_memory_crops_without_scaling_are_exact_pixels(images):
+    crops = InMemoryCrops(images, crop=64, scale=(1.0, 1.0), seed=0, verbose=False)
+    x = crops.batch(2, 4) * 255
+    assert torch.allclose(x, x.round(), atol=1e-3)   # no resampling: original 8-bit values
+
+
+def test_in_memory_crops_refuse_empty(tmp_path):
+    (tmp_path / "e").mkdir()
+    with pytest.raises(ValueError, match="no usable training images"):
+        InMemoryCrops(tmp_path / "e", crop=64, verbose=False)
+
+
+def test_lr_schedule_time_budget_and_warmup():
+    cfg = TrainConfig(steps=1000, lr_decay_at=[0.5, 0.9], lr_decay=0.1)
+    assert _lr_factor(cfg, 0) == 1.0 and _lr_factor(cfg, 600) == pytest.approx(0.1)
+    timed = TrainConfig(steps=10**6, time_budget_minutes=10, lr_decay_at=[0.5, 0.9])
+    assert _lr_factor(timed, 5, seconds=100) == 1.0
+    assert _lr_factor(timed, 5, seconds=301) == pytest.approx(0.1)
+    assert _lr_factor(timed, 5, seconds=541) == pytest.approx(0.01)
+    warm = TrainConfig(steps=1000, lr_warmup_steps=100)
+    assert _lr_factor(warm, 0) == pytest.approx(0.01)
+    assert _lr_factor(warm, 49) == pytest.approx(0.5) and _lr_factor(warm, 500) == 1.0
+
+
+def test_set_values_override_with_none(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "amp": "bf16", "steps": 5}))
+    assert load_config(path).amp == "bf16"
+    assert load_config(path, amp=None).amp == "bf16"          # unset option: ignored
+    assert load_config(path, set_values={"amp": None}).amp is None
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        load_config(path, set_values={"ampp": None})
+    path.write_text(yaml.safe_dump({"amp": "fp8"}))
+    with pytest.raises(ValueError, match="amp must be bf16"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", ["hyperprior-bm", "mean-ecgbm"])
+def test_autocast_keeps_entropy_models_float32(name):
+    model = tiny(name).train()
+    x = torch.rand(2, 3, 64, 64)
+    lm = torch.tensor([0.002, 0.1])
+    torch.manual_seed(1)
+    ref = model(x, lmbda=lm)
+    model.set_autocast(torch.bfloat16)
+    torch.manual_seed(1)
+    out = model(x, lmbda=lm)
+    assert out["x_hat"].dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
+    assert (out["x_hat"] - ref["x_hat"]).abs().max() < 0.05   # close, not equal
+    model.set_autocast(None)
+    torch.manual_seed(1)
+    back = model(x, lmbda=lm)
+    assert torch.equal(back["x_hat"], ref["x_hat"])            # plain modules restored
+
+
+def _tiny_recipe(tmp_path, images, **kw):
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny-test.yaml").read_text())
+    cfg.update(train_dir=str(images), val_dir=str(images), out_dir=str(tmp_path / "runs"),
+               data_in_memory=True, **kw)
+    path = tmp_path / "fast.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_in_memory_time_budget_and_resume(tmp_path, images):
+    from varicodec.cli import main
+    from varicodec.train.checkpoint import load_checkpoint
+
+    recipe = _tiny_recipe(tmp_path, images, steps=10**6, val_every=10**6, channels_last=True)
+    assert main(["train", "--config", str(recipe), "--time-budget", "0.02",
+                 "--set", "amp=bf16"]) == 0
+    ckpt = tmp_path / "runs" / "tiny-test" / "checkpoint.safetensors"
+    _, _, meta = load_checkpoint(ckpt)
+    assert meta["step"] >= 1 and meta["train_seconds"] >= 1.2
+    assert meta["recipe"]["amp"] == "bf16" and meta["recipe"]["time_budget_minutes"] == 0.02
+    assert meta["history"] and meta["history"][-1]["step"] == meta["step"]  # validated at end
+    assert "rd_loss" in meta["history"][-1]["points"][0]
+    step = meta["step"]
+    assert main(["train", "--config", str(recipe), "--resume", "--time-budget", "0.04"]) == 0
+    _, _, meta = load_checkpoint(ckpt)
+    assert meta["step"] > step and meta["train_seconds"] >= 2.4
+
+
+def test_set_rejects_malformed(tmp_path, images, capsys):
+    from varicodec.cli import main
+
+    recipe = _tiny_recipe(tmp_path, images)
+    assert main(["train", "--config", str(recipe), "--set", "amp"]) != 0
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_queue_runs_and_collects(tmp_path, images):
+    """The queue end to end on the CPU: a command job, a train job, collect."""
+    lines = tmp_path / "lines"
+    lines.mkdir()
+    model = tiny("hyperprior-bm")
+    model.update(force=True)
+    from varicodec.models import save_model
+
+    save_model(model, lines / "tiny-bm.safetensors")
+    recipe = yaml.safe_load((ROOT / "configs" / "tiny-test.yaml").read_text())
+    recipe.update(model="hyperprior-bm", name="x", train_dir=str(images), val_dir=str(images),
+                  data_in_memory=True, steps=10**6, val_every=10**6, gamma=0.0)
+    (tmp_path / "tiny-bm.yaml").write_text(yaml.safe_dump(recipe))
+    plan = tmp_path / "queue.yaml"
+    plan.write_text("# a test plan\n" + yaml.safe_dump({"jobs": [
+        {"id": "j-cmd", "command": "python -c \"open('$LOGS/hello.txt','w').write('hi')\"",
+         "minutes": 0.1, "overhead_s": 0, "status": "pending"},
+        {"id": "j-train", "line": "tiny-bm", "config": str(tmp_path / "tiny-bm.yaml"),
+         "minutes": 0.03, "min_minutes": 0.01, "overhead_s": 5, "status": "pending"},
+        {"id": "j-late", "command": "true", "minutes": 100, "status": "pending"},
+    ]}))
+    out = tmp_path / "out"
+    script = [sys.executable, str(ROOT / "scripts/gpu_queue.py"), "--plan", str(plan),
+              "--lines", str(lines), "--runs-doc", str(tmp_path / "doc")]
+    subprocess.run(script + ["run", "--deadline", "300", "--out", str(out)], check=True)
+    assert (out / "tiny-bm.safetensors").is_file() and (out / "logs.tar.gz").is_file()
+    subprocess.run(script + ["collect", str(out)], check=True)
+    jobs = {j["id"]: j for j in yaml.safe_load(plan.read_text())["jobs"]}
+    assert plan.read_text().startswith("# a test plan")
+    assert jobs["j-cmd"]["status"] == "done" and jobs["j-train"]["status"] == "done"
+    assert jobs["j-train"]["result"]["steps"] >= 1
+    assert jobs["j-late"]["status"] == "pending"           # did not fit: stays queued
+    window = next((tmp_path / "doc").iterdir())
+    assert (window / "hello.txt").read_text() == "hi"
+    report = json.loads((window / "report.json").read_text())
+    assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-late"]
+    card = json.loads((lines / "tiny-bm.safetensors.json").read_text())
+    assert card["lineage"][-1]["run"] == "j-train"
