@@ -8,7 +8,7 @@ from PIL import Image
 
 from varicodec.codec import decode, decode_image, encode, encode_image, info, pretrained
 from varicodec.errors import FormatError, ModelMismatchError, VaricodecError, VaricodecWarning
-from varicodec.models import save_model
+from varicodec.models import registry, save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,7 +138,7 @@ def test_rate_option_errors(models):
 
 
 def test_model_resolution_errors(models, tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "none")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "none")
     with pytest.raises(VaricodecError, match="no bundled weights for model 'hyperprior-ecgbm'"):
         encode(smooth(8, 8))
     data = encode(smooth(8, 8), models["vr"], quality=2)
@@ -153,7 +153,7 @@ def test_model_resolution_errors(models, tmp_path, monkeypatch):
     with pytest.raises(VaricodecError, match="cannot load weights"):
         encode(smooth(8, 8), junk)
     # bundled weights are found by name, for encoding and (from the header) decoding
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", models["vr"].parent)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", models["vr"].parent)
     (models["vr"].parent / "hyperprior-ecgbm.safetensors").write_bytes(models["vr"].read_bytes())
     data = encode(smooth(8, 8), quality=2)
     assert decode(data).size == (8, 8)

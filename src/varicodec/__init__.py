@@ -3,25 +3,47 @@
 One model covers a continuous range of bit-rates (bit-rate modulator, BM) and
 runs on sparse convolution inputs (energy-based channel gating, ECG), on top of
 CompressAI's architectures and entropy coders.
+
+The public names below are imported on first use (PEP 562), so ``import
+varicodec`` and the command line's ``--help``, ``models`` and ``info`` do not
+pay for torch; :mod:`varicodec._compressai` keeps CompressAI's point-cloud stack
+out of the imports that do.
 """
 
+from __future__ import annotations
+
+import importlib
 import warnings
+from typing import TYPE_CHECKING
+
+from . import _compressai
 
 # CompressAI 1.2.8 scripts a helper with torch.jit.script at import time, which
 # torch 2.14 flags as deprecated; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-
-from .layers import BitrateModulator, EnergyChannelGate, insert_gates  # noqa: E402
-from .losses import RateDistortionLoss  # noqa: E402
-from .models import VaricodecModel, create_model, list_models, load_model, save_model  # noqa: E402
-from .quality import QUALITY_LMBDAS, quality_to_lmbda  # noqa: E402
+_compressai.install()
 
 __version__ = "0.1.0"
 
+#: public name → module that defines it
+_EXPORTS = {
+    "BitrateModulator": ".layers",
+    "EnergyChannelGate": ".layers",
+    "insert_gates": ".layers",
+    "RateDistortionLoss": ".losses",
+    "VaricodecModel": ".models",
+    "create_model": ".models",
+    "list_models": ".models",
+    "load_model": ".models",
+    "save_model": ".models",
+    "QUALITY_LMBDAS": ".quality",
+    "quality_to_lmbda": ".quality",
+}
+
 __all__ = [
-    "QUALITY_LMBDAS",
     "BitrateModulator",
     "EnergyChannelGate",
+    "QUALITY_LMBDAS",
     "RateDistortionLoss",
     "VaricodecModel",
     "create_model",
@@ -31,3 +53,22 @@ __all__ = [
     "quality_to_lmbda",
     "save_model",
 ]
+
+if TYPE_CHECKING:
+    from .layers import BitrateModulator, EnergyChannelGate, insert_gates
+    from .losses import RateDistortionLoss
+    from .models import VaricodecModel, create_model, list_models, load_model, save_model
+    from .quality import QUALITY_LMBDAS, quality_to_lmbda
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'varicodec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

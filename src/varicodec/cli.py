@@ -4,7 +4,13 @@ Each subsystem owns its subcommands in its own module and exposes
 ``register(subparsers)``; every subcommand handler returns an exit code. Errors
 meant for users (``ValueError``, ``FileNotFoundError``, ``FileExistsError``,
 :class:`varicodec.errors.VaricodecError`) become one line on stderr and a
-non-zero exit, never a traceback.
+non-zero exit, never a traceback; Ctrl-C at any moment prints one line and
+exits 130.
+
+Start-up is kept light: building the parser imports no torch (the subcommand
+modules import their heavy dependencies inside their handlers), so ``--help``,
+``--version``, ``models`` and ``info`` start in a fraction of a second
+(``benchmarks/startup.py``, ``docs/results/startup.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"varicodec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = sub.add_parser("models", help="list the registry's model names")
+    models = sub.add_parser(
+        "models", help="list the registry's model names and which have bundled weights",
+        description="List the twelve registry names; names with trained weights bundled in "
+        "the package are marked, with the file and the recipe they come from. Those names "
+        "work as --model NAME and in load_model(NAME).")
     models.set_defaults(func=_cmd_models)
     for name in SUBCOMMAND_MODULES:
         try:
@@ -47,13 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models.io import describe_bundled
+    from .models.registry import list_models
 
-    print("\n".join(list_models()))
+    names = list_models()
+    width = max(len(n) for n in names)
+    for name in names:
+        where = describe_bundled(name)
+        print(f"{name:<{width}}  bundled: {where}" if where else name)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # anywhere: parsing, importing torch, coding, writing
+        print("varicodec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -61,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("varicodec: interrupted", file=sys.stderr)
-        return 130
     except (VaricodecError, ValueError, FileNotFoundError, FileExistsError,
             NotADirectoryError, IsADirectoryError, PermissionError) as e:
         print(f"varicodec: error: {e}", file=sys.stderr)

@@ -25,13 +25,15 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import VaricodecError, VaricodecWarning
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: `varicodec info` does not
+    import torch
 
 __all__ = [
     "SourceImage",
@@ -233,6 +235,8 @@ def save_image(image: Image.Image, fp: str | os.PathLike | IO[bytes],
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """``H×W×3`` uint8 → ``1×3×H×W`` float in [0, 1]."""
+    import torch
+
     rgb = np.require(rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # torch wants writable
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255)
 
@@ -248,4 +252,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return x
+    import torch
+
     return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")

@@ -3,19 +3,36 @@
 ``encode(image, model=None, *, lmbda | quality | bpp | psnr) -> bytes``,
 ``decode(data, model=None) -> PIL.Image``, ``info(data) -> dict``; the
 container is described in ``docs/FORMAT.md`` and :mod:`.format`.
+
+Names are imported on first use, so ``info`` and the container need no torch.
 """
 
-from .api import DEFAULT_QUALITY, EncodeResult, decode, decode_image, encode, encode_image, info
-from .format import FORMAT_VERSION, Container
-from .pretrained import DEFAULT_MODEL, resolve_model
-from .rate_control import RateControlReport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "DEFAULT_QUALITY": ".api",
+    "EncodeResult": ".api",
+    "decode": ".api",
+    "decode_image": ".api",
+    "encode": ".api",
+    "encode_image": ".api",
+    "info": ".header",
+    "FORMAT_VERSION": ".format",
+    "Container": ".format",
+    "DEFAULT_MODEL": ".pretrained",
+    "resolve_model": ".pretrained",
+    "RateControlReport": ".rate_control",
+}
 
 __all__ = [
+    "Container",
     "DEFAULT_MODEL",
     "DEFAULT_QUALITY",
-    "FORMAT_VERSION",
-    "Container",
     "EncodeResult",
+    "FORMAT_VERSION",
     "RateControlReport",
     "decode",
     "decode_image",
@@ -24,3 +41,23 @@ __all__ = [
     "info",
     "resolve_model",
 ]
+
+if TYPE_CHECKING:
+    from .api import DEFAULT_QUALITY, EncodeResult, decode, decode_image, encode, encode_image
+    from .format import FORMAT_VERSION, Container
+    from .header import info
+    from .pretrained import DEFAULT_MODEL, resolve_model
+    from .rate_control import RateControlReport
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -30,12 +30,12 @@ from ..imageio import (
     to_tensor,
     to_uint8,
 )
-from ..layers import LmbdaRange
 from ..metrics import psnr_db
 from ..models import VaricodecModel
-from ..quality import lmbda_to_quality, quality_to_lmbda
+from ..quality import quality_to_lmbda
 from .format import Container
-from .pretrained import ModelSpec, bundled_path, fingerprint, lmbda_range_of, resolve_model
+from .header import info
+from .pretrained import ModelSpec, bundled_path, fingerprint, resolve_model
 from .rate_control import RateControlReport, search_lmbda_code
 
 __all__ = ["DEFAULT_QUALITY", "EncodeResult", "decode", "decode_image", "encode",
@@ -323,38 +323,3 @@ def decode(data: bytes, model: ModelSpec = None, *, max_pixels: int = MAX_PIXELS
     padded area the model processes (multiples of 64 on each side).
     """
     return decode_image(data, model, max_pixels=max_pixels)[0]
-
-
-# --------------------------------------------------------------------- info
-def info(data: bytes, model: ModelSpec = None) -> dict:
-    """Header fields, stream sizes and rate of ``.vcd`` bytes (CRC checked).
-
-    λ itself needs the model's trained range: it is given when ``model`` (or
-    the bundled weights of the file's model) can tell it.
-    """
-    c = Container.unpack(data, MAX_PIXELS)
-    d = {
-        "format_version": c.version,
-        "model": c.model_name,
-        "fingerprint": c.fingerprint.hex(),
-        "width": c.width,
-        "height": c.height,
-        "mode": c.mode,
-        "lmbda_code": c.lmbda_code,
-        "bytes": len(data),
-        "overhead_bytes": c.overhead,
-        "streams": c.stream_sizes(),
-        "gate_side_stream": bool(c.side),
-        "bpp": len(data) * 8 / c.pixels,
-    }
-    if c.lmbda_code is not None:
-        rng = None
-        if isinstance(model, VaricodecModel):
-            rng = (model.lmbda_range.min, model.lmbda_range.max) if model.lmbda_range else None
-        else:
-            rng = lmbda_range_of(model if model is not None else c.model_name)
-        if rng is not None:
-            lm = LmbdaRange(*rng).decode(c.lmbda_code)
-            d["lmbda"] = lm
-            d["quality"] = lmbda_to_quality(lm)
-    return d

@@ -31,6 +31,7 @@ against the bytes present and the limits below; every problem is a
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_SIDE",
     "MODEL_IDS",
     "Container",
+    "lmbda_from_code",
     "read_varint",
     "write_varint",
 ]
@@ -72,6 +74,22 @@ def is_variable_rate(model_name: str) -> bool:
 
 def is_gated(model_name: str) -> bool:
     return model_name.split("-", 1)[1] in ("ecg", "ecgbm")
+
+
+def lmbda_from_code(code: int, lmbda_range: tuple[float, float]) -> float:
+    """λ of a 16-bit λ code for a model trained on ``lmbda_range = (min, max)``.
+
+    Codes are uniform in log λ: ``λ = exp(ln min + (ln max − ln min) · code / 65535)``,
+    exactly :meth:`varicodec.layers.LmbdaRange.decode` (a test pins the two), written
+    out here so that reading a header (``varicodec info``) needs no torch.
+    """
+    lo, hi = (float(v) for v in lmbda_range)
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < lmbda_min < lmbda_max, got {lo}, {hi}")
+    if not 0 <= int(code) <= 0xFFFF:
+        raise ValueError(f"lambda code {code} out of range 0..65535")
+    start = math.log(lo)
+    return math.exp(start + (math.log(hi) - start) * int(code) / 0xFFFF)
 
 
 def write_varint(n: int) -> bytes:

@@ -12,23 +12,29 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from ..errors import VaricodecError
-from ..models import VaricodecModel, list_models, load_model, read_card, weights_fingerprint
+from ..models import io as _io
+from ..models import registry as _registry
+from ..models.registry import list_models
 
-__all__ = ["DEFAULT_MODEL", "WEIGHTS_DIR", "bundled_path", "resolve_model", "fingerprint"]
+if TYPE_CHECKING:
+    from ..models import VaricodecModel
+
+__all__ = ["DEFAULT_MODEL", "bundled_path", "resolve_model", "fingerprint"]
 
 DEFAULT_MODEL = "hyperprior-ecgbm"
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _CACHE_SIZE = 4
 _cache: OrderedDict[tuple, tuple[VaricodecModel, bytes]] = OrderedDict()
 _fingerprints: dict[int, bytes] = {}  # id(model) → fingerprint, for cached models only
 
-ModelSpec = VaricodecModel | str | os.PathLike | None
+ModelSpec = Union["VaricodecModel", str, os.PathLike, None]
 
 
 def bundled_path(name: str) -> Path:
-    return WEIGHTS_DIR / f"{name}.safetensors"
+    """Where registry name ``name``'s bundled weights are (whether or not they exist)."""
+    return _registry.WEIGHTS_DIR / f"{name}.safetensors"
 
 
 def weights_path(spec: str | os.PathLike | None) -> Path:
@@ -36,25 +42,20 @@ def weights_path(spec: str | os.PathLike | None) -> Path:
     if spec is None:
         spec = DEFAULT_MODEL
     text = os.fspath(spec)
-    if text in list_models():
-        path = bundled_path(text)
-        if not path.is_file():
-            raise VaricodecError(
-                f"no bundled weights for model {text!r} (expected {path}); "
-                "pass --model PATH to a .safetensors weights file"
-            )
-        return path
     path = Path(text)
-    if path.is_dir():
-        raise VaricodecError(f"model {text!r} is a folder, not a .safetensors weights file")
-    if path.is_file():
-        return path
-    if path.suffix == ".safetensors" or os.sep in text or "/" in text:
-        raise VaricodecError(f"no such weights file: {text}")
-    raise VaricodecError(
-        f"unknown model {text!r}: give a registry name ({', '.join(list_models())}) "
-        "or a path to a .safetensors file"
-    )
+    if text not in list_models():
+        if path.is_dir():
+            raise VaricodecError(f"model {text!r} is a folder, not a .safetensors weights file")
+        if not path.is_file() and not (path.suffix == ".safetensors" or os.sep in text
+                                       or "/" in text):
+            raise VaricodecError(
+                f"unknown model {text!r}: give a registry name ({', '.join(list_models())}) "
+                "or a path to a .safetensors file"
+            )
+    try:
+        return _io.weights_path(text)
+    except FileNotFoundError as e:
+        raise VaricodecError(str(e)) from None
 
 
 def _load(path: Path) -> tuple[VaricodecModel, bytes]:
@@ -64,12 +65,12 @@ def _load(path: Path) -> tuple[VaricodecModel, bytes]:
         _cache.move_to_end(key)
         return _cache[key]
     try:
-        model = load_model(path)
+        model = _io.load_model(path)
     except (VaricodecError, FileNotFoundError):
         raise
     except Exception as e:  # safetensors / JSON / shape errors all mean "not our weights"
         raise VaricodecError(f"cannot load weights from {path}: {_one_line(e)}") from e
-    entry = (model, weights_fingerprint(model))
+    entry = (model, _io.weights_fingerprint(model))
     _cache[key] = entry
     _fingerprints[id(model)] = entry[1]
     while len(_cache) > _CACHE_SIZE:
@@ -80,6 +81,8 @@ def _load(path: Path) -> tuple[VaricodecModel, bytes]:
 
 def resolve_model(spec: ModelSpec = None) -> VaricodecModel:
     """A ready-to-code model (eval mode, entropy tables present) for ``spec``."""
+    from ..models import VaricodecModel
+
     if isinstance(spec, VaricodecModel):
         model = spec.eval()
     else:
@@ -96,13 +99,13 @@ def fingerprint(model: VaricodecModel) -> bytes:
     fp = _fingerprints.get(id(model))
     if fp is not None and any(m is model for m, _ in _cache.values()):
         return fp
-    return weights_fingerprint(model)
+    return _io.weights_fingerprint(model)
 
 
 def lmbda_range_of(spec: str | os.PathLike | None) -> tuple[float, float] | None:
     """The λ range in a weights file's metadata, without loading tensors (or ``None``)."""
     try:
-        config, _ = read_card(weights_path(spec))
+        config, _ = _io.read_card(weights_path(spec))
         return tuple(config["lmbda_range"])  # type: ignore[return-value]
     except Exception:
         return None

@@ -1,13 +1,33 @@
-"""The twelve models and how to build, save and load them."""
+"""The twelve models and how to build, save and load them.
 
-from .codec_model import ARCHITECTURES, VARIANTS, VaricodecModel
-from .io import load_model, read_card, save_model, weights_fingerprint
-from .registry import create_model, list_models, parse_name
+Names are imported on first use: the registry's names and a weights file's card
+(:func:`list_models`, :func:`read_card`) need no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "ARCHITECTURES": ".codec_model",
+    "VARIANTS": ".codec_model",
+    "VaricodecModel": ".codec_model",
+    "load_model": ".io",
+    "read_card": ".io",
+    "save_model": ".io",
+    "weights_fingerprint": ".io",
+    "bundled_weights": ".registry",
+    "create_model": ".registry",
+    "list_models": ".registry",
+    "parse_name": ".registry",
+}
 
 __all__ = [
     "ARCHITECTURES",
     "VARIANTS",
     "VaricodecModel",
+    "bundled_weights",
     "create_model",
     "list_models",
     "load_model",
@@ -16,3 +36,21 @@ __all__ = [
     "save_model",
     "weights_fingerprint",
 ]
+
+if TYPE_CHECKING:
+    from .codec_model import ARCHITECTURES, VARIANTS, VaricodecModel
+    from .io import load_model, read_card, save_model, weights_fingerprint
+    from .registry import bundled_weights, create_model, list_models, parse_name
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

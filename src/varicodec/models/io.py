@@ -5,6 +5,10 @@ entropy-coder tables after ``update()``), floats optionally as fp16, and in its
 metadata ``varicodec.config`` (JSON for :func:`create_model`) and
 ``varicodec.card`` (the model card: recipe, data, steps, validation figures).
 Nothing is ever unpickled.
+
+:func:`load_model` takes a file or a registry name with bundled weights
+(``load_model("hyperprior-ecgbm")``). :func:`read_card` reads metadata only and
+imports no torch.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .codec_model import VaricodecModel
-from .registry import create_model
+from .registry import WEIGHTS_DIR, bundled_weights, create_model, list_models
 
-__all__ = ["save_model", "load_model", "model_from_state", "read_card", "weights_fingerprint"]
+if TYPE_CHECKING:
+    from .codec_model import VaricodecModel
+
+__all__ = ["save_model", "load_model", "model_from_state", "read_card", "weights_fingerprint",
+           "weights_path"]
 
 
 def weights_fingerprint(model: VaricodecModel) -> bytes:
     """8-byte SHA-256 digest of all tensors (names, dtypes, values) of ``model``."""
+    import torch
+
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         t = v.detach().cpu().contiguous()
@@ -44,6 +52,9 @@ def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None
     are rebuilt from the rounded weights first, so what is stored is exactly
     what a loaded model computes.
     """
+    import torch
+    from safetensors.torch import save_file
+
     path = Path(path)
     if half:
         with torch.no_grad():
@@ -76,7 +87,7 @@ def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None
 
 def read_card(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(config, card)`` from a weights file's metadata, without loading tensors."""
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch needed
         meta = f.metadata() or {}
     if "varicodec.config" not in meta:
         raise ValueError(f"{path} is not a varicodec weights file (no varicodec.config metadata)")
@@ -93,11 +104,41 @@ def model_from_state(config: dict, state: dict) -> VaricodecModel:
     return model
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> VaricodecModel:
-    """Build the model described in ``path``'s metadata and load its weights (eval mode)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such weights file: {path}")
+def weights_path(spec: str | os.PathLike) -> Path:
+    """The weights file ``spec`` names: a registry name with bundled weights, or a path.
+
+    Raises ``FileNotFoundError`` with a one-line reason (and the right spelling
+    when a bundled model's file name was given as a path).
+    """
+    text = os.fspath(spec)
+    if text in list_models():
+        path = bundled_weights(text)
+        if path is None:
+            have = [n for n in list_models() if bundled_weights(n)]
+            raise FileNotFoundError(
+                f"no bundled weights for model {text!r} (bundled: {', '.join(have) or 'none'}); "
+                "give a path to a .safetensors file, or create_model() for fresh weights"
+            )
+        return path
+    path = Path(text)
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".safetensors")
+    if stem in list_models() and bundled_weights(stem):
+        raise FileNotFoundError(
+            f"no such weights file: {text} (for the bundled weights give the registry name "
+            f"{stem!r})"
+        )
+    raise FileNotFoundError(f"no such weights file: {text}")
+
+
+def load_model(spec: str | os.PathLike, device: str = "cpu") -> VaricodecModel:
+    """Build the model described in a weights file's metadata and load its weights (eval mode).
+
+    ``spec``: a path to a ``.safetensors`` file, or a registry name whose weights are
+    bundled with the package (``"hyperprior-ecgbm"``; ``varicodec models`` lists them).
+    """
+    path = weights_path(spec)
     config, card = read_card(path)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
@@ -105,3 +146,22 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> VaricodecModel:
     model.card = card
     model.source = str(path)
     return model.to(device).eval()
+
+
+def describe_bundled(name: str) -> str | None:
+    """Where ``name``'s bundled weights come from, in one line (``None`` if not bundled)."""
+    path = bundled_weights(name)
+    if path is None:
+        return None
+    try:
+        _, card = read_card(path)
+    except Exception as e:  # a damaged file still gets listed, with the reason
+        return f"{path.relative_to(WEIGHTS_DIR.parent.parent)}: unreadable ({e})"
+    bits = [str(path.relative_to(WEIGHTS_DIR.parent.parent))]
+    recipe = (card.get("recipe") or {}).get("name")
+    steps = card.get("total_steps", card.get("steps"))
+    if recipe:
+        bits.append(f"recipe {recipe}")
+    if steps:
+        bits.append(f"{steps} steps")
+    return ", ".join(bits)
