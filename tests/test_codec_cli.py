@@ -239,3 +239,123 @@ def test_alpha_to_jpeg_leaves_nothing(models, tmp_path, capsys):
     assert run(capsys, "encode", tmp_path / "t.png", "--model", models["vr"])[0] == 0
     expect_error(capsys, tmp_path, "alpha", "decode", tmp_path / "t.vcd", "-o",
                  tmp_path / "t.jpg", "--model", models["vr"])
+
+
+# ------------------------------------------------------------------ issue 13
+def test_rate_targets_strict_and_json(models, tmp_path, capsys):
+    """A missed target: warned on stderr and flagged in --json; --strict makes it exit 3."""
+    import json
+
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    m = ("--model", models["vr"])
+    for target in (("--bpp", 100), ("--psnr", 80)):
+        rc, out, err = run(capsys, "encode", tmp_path / "a.png", "-o", tmp_path / "a.vcd",
+                           "--force", "--json", *target, *m)
+        assert rc == 0 and (tmp_path / "a.vcd").is_file()
+        record = json.loads(out)
+        rcd = record["rate_control"]
+        assert rcd["kind"] == target[0][2:] and rcd["target"] == target[1]
+        assert rcd["converged"] is False and "out of reach" in rcd["note"]
+        assert record["bytes"] == (tmp_path / "a.vcd").stat().st_size
+        assert "target missed" in err and "a.png" in err and "Traceback" not in err
+        (tmp_path / "a.vcd").unlink()
+        before = listing(tmp_path)
+        rc, out, err = run(capsys, "encode", tmp_path / "a.png", "-o", tmp_path / "a.vcd",
+                           "--strict", *target, *m)
+        assert rc == 3 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("varicodec: error: ")
+        assert "target missed" in lines[0] and "a.png" in lines[0]
+        assert listing(tmp_path) == before
+    # a reachable target passes --strict; its JSON says so
+    rc, out, _ = run(capsys, "encode", tmp_path / "a.png", "-o", tmp_path / "b.vcd", "--strict",
+                     "--json", "--psnr", 5, "--tolerance", 20, *m)
+    assert rc == 0 and json.loads(out)["rate_control"]["converged"] is True
+    rc, out, _ = run(capsys, "decode", tmp_path / "b.vcd", "--json", *m)
+    assert rc == 0 and json.loads(out)["width"] == 53
+
+
+def test_invalid_tolerances(models, tmp_path, capsys):
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    m = ("--model", models["vr"], "-o", tmp_path / "b.vcd")
+    for target, tol, pattern in ((("--bpp", 0.5), -1, "must be in (0, 1)"),
+                                 (("--bpp", 0.5), 0, "must be in (0, 1)"),
+                                 (("--bpp", 0.5), 1.5, "must be in (0, 1)"),
+                                 (("--psnr", 30), -1, "positive"),
+                                 (("--psnr", 30), "nan", "positive"),
+                                 (("--quality", 3), 0.1, "bpp or psnr target only"),
+                                 ((), 0.1, "bpp or psnr target only")):
+        expect_error(capsys, tmp_path, pattern, "encode", tmp_path / "a.png", *target,
+                     "--tolerance", tol, *m)
+
+
+def test_messages_name_the_file_once(models, tmp_path, vcd, capsys):
+    data = vcd.read_bytes()
+    bad = tmp_path / "flip.vcd"
+    bad.write_bytes(data[:-10] + bytes([data[-10] ^ 0x10]) + data[-9:])
+    for cmd in ("decode", "info"):
+        rc, _, err = run(capsys, cmd, bad, "--model", models["vr"])
+        assert rc == 2 and err.count("flip.vcd") == 1 and "CRC-32" in err, err
+    src = tmp_path / "mixed"
+    src.mkdir()
+    (src / "x.png").write_text("not an image")
+    Image.fromarray(rgb()).save(src / "ok.png")
+    rc, _, err = run(capsys, "encode", src, "--model", models["vr"], "--quiet")
+    assert rc == 2
+    line = next(li for li in err.splitlines() if "error" in li)
+    assert line.count("x.png") == 1 and "not an image" in line, line
+
+
+def test_decode_help_has_a_description(capsys):
+    with pytest.raises(SystemExit):
+        main(["decode", "--help"])
+    out = capsys.readouterr().out
+    assert "Decompress a .vcd file" in out and "fingerprint" in out
+
+
+def test_folder_progress_lines_without_a_terminal(models, tmp_path, capsys, monkeypatch):
+    import varicodec.progress as progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(rgb(seed=i)).save(src / f"im{i}.png")
+    rc, out, err = run(capsys, "encode", src, "--model", models["vr"], "--quality", 2)
+    assert rc == 0
+    lines = [li for li in err.splitlines() if li.startswith("encode: ")]
+    assert [li.split()[1] for li in lines[:3]] == ["1/3", "2/3", "3/3"], err
+    assert "img/s" in lines[0] and "ETA" in lines[0] and "done in" in lines[-1]
+    assert out.count(" -> ") == 3 and "3 of 3 files encoded" in out
+    rc, out, err = run(capsys, "encode", src, "--model", models["vr"], "--quality", 2,
+                       "--force", "--quiet")
+    assert rc == 0 and err == ""
+
+
+def test_models_marks_bundled_weights(tmp_path, capsys, monkeypatch):
+    from varicodec.models import registry
+
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "varicodec" / "weights")
+    registry.WEIGHTS_DIR.mkdir(parents=True)
+    save_model(_fuzz.tiny_model("hyperprior-bm", 0), registry.WEIGHTS_DIR /
+               "hyperprior-bm.safetensors", card={"steps": 12, "recipe": {"name": "r-x"}})
+    rc, out, _ = run(capsys, "models")
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 12
+    marked = [li for li in lines if "bundled" in li]
+    assert len(marked) == 1 and marked[0].startswith("hyperprior-bm ")
+    assert all(s in marked[0] for s in ("hyperprior-bm.safetensors", "r-x", "12 steps"))
+
+
+def test_ctrl_c_anywhere_is_one_line(capsys, monkeypatch):
+    import varicodec.cli as cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    for target in ("build_parser", "_run"):  # while importing/parsing, while coding
+        with monkeypatch.context() as mp:
+            mp.setattr(cli, target, interrupted)
+            rc = main(["models"])
+        out, err = capsys.readouterr()
+        assert rc == 130 and err == "varicodec: interrupted\n" and out == ""

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name or .safetensors path (default: bundled)")
     p.add_argument("--quality", type=float, nargs="+", default=[2.0, 4.0, 6.0, 8.0],
                    help="continuous qualities in [1, 8] (default: 2 4 6 8)")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, fast_exit=True)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from pytorch_msssim import ms_ssim as _ms_ssim
-from scipy.interpolate import PchipInterpolator
+
+# imported where used: encoding reports PSNR, which should not pay for these (~0.3 s)
+if TYPE_CHECKING:
+    import torch
+    from scipy.interpolate import PchipInterpolator
 
 __all__ = ["psnr_db", "ms_ssim", "ms_ssim_db", "bd_rate", "bd_psnr", "MS_SSIM_MIN_SIDE"]
 
@@ -59,6 +62,9 @@ def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
     if min(reference.shape[:2]) < MS_SSIM_MIN_SIDE:
         return math.nan
 
+    import torch
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)[None]
 
@@ -73,6 +79,8 @@ def ms_ssim_db(value: float) -> float:
 
 def _curve(x: Sequence[float], y: Sequence[float], what: str) -> PchipInterpolator:
     """PCHIP of ``y(x)`` through points sorted by ``x`` (repeated ``x`` averaged)."""
+    from scipy.interpolate import PchipInterpolator
+
     x_arr = np.asarray(x, dtype=np.float64)
     y_arr = np.asarray(y, dtype=np.float64)
     if x_arr.shape != y_arr.shape or x_arr.ndim != 1:

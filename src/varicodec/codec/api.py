@@ -36,7 +36,7 @@ from ..quality import quality_to_lmbda
 from .format import Container
 from .header import info
 from .pretrained import ModelSpec, bundled_path, fingerprint, resolve_model
-from .rate_control import RateControlReport, search_lmbda_code
+from .rate_control import RateControlReport, RateTargetError, check_tolerance, search_lmbda_code
 
 __all__ = ["DEFAULT_QUALITY", "EncodeResult", "decode", "decode_image", "encode",
            "encode_image", "info"]
@@ -116,7 +116,7 @@ def _choose_lmbda(model: VaricodecModel, lmbda, quality) -> float | None:
     return model.lmbda_range.check(lmbda)
 
 
-def _check_rate_options(lmbda, quality, bpp, psnr) -> None:
+def _check_rate_options(lmbda, quality, bpp, psnr, tolerance=None) -> None:
     given = [n for n, v in (("lmbda", lmbda), ("quality", quality), ("bpp", bpp),
                             ("psnr", psnr)) if v is not None]
     if len(given) > 1:
@@ -126,6 +126,10 @@ def _check_rate_options(lmbda, quality, bpp, psnr) -> None:
             raise ValueError(f"{name} must be a positive number, got {v}")
     if quality is not None:
         quality_to_lmbda(quality)  # range check
+    if tolerance is not None:
+        if bpp is None and psnr is None:
+            raise ValueError("a tolerance applies to a bpp or psnr target only")
+        check_tolerance("bpp" if bpp is not None else "psnr", tolerance)
 
 
 class _Coder:
@@ -150,7 +154,7 @@ class _Coder:
         return Container(
             model_name=m.name, fingerprint=self.fp, width=self.src.width,
             height=self.src.height, y=s[0][0], z=s[1][0], side=s[2][0] if m.gated else b"",
-            alpha=self.alpha, gray=self.src.gray, lmbda_code=out["lmbda_code"],
+            alpha=self.alpha, gray=self.src.gray, lmbda_code=out["lmbda_code"], guard=s[-1][0],
         )
 
     def bpp(self, c: Container) -> float:
@@ -181,6 +185,8 @@ def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
     n_z = model.config["N"] * zh * zw
     n_y = model.config["M"] * zh * zw * 16  # y is 4× finer than z in each direction
     strings = [[_guarded(c.y, n_y)], [_guarded(c.z, n_z)]] + ([[c.side]] if model.gated else [])
+    if c.guard is not None:  # format version 2: explicit indexes and the symbol check
+        strings.append([c.guard])
     try:
         out = model.decompress(strings, (zh, zw), c.lmbda_code)
     except (ValueError, RuntimeError, IndexError, OverflowError) as e:
@@ -201,6 +207,7 @@ def encode_image(
     tolerance: float | None = None,
     compute_psnr: bool = True,
     max_pixels: int = MAX_PIXELS,
+    strict: bool = False,
 ) -> EncodeResult:
     """Encode ``image`` and report rate, distortion and rate control.
 
@@ -208,9 +215,13 @@ def encode_image(
     ``quality`` (continuous 1..8, CompressAI's λ ladder), ``bpp`` or ``psnr``
     (rate control; variable-rate models only). A variable-rate model given
     none uses :data:`DEFAULT_QUALITY`; a fixed-rate model takes none.
+    ``tolerance``: for ``bpp`` relative, in (0, 1) (default 0.02); for ``psnr``
+    in dB, > 0 (default 0.1). A target out of reach gives the closest result
+    and ``rate_control.converged = False``; with ``strict`` it raises
+    :class:`RateTargetError` instead.
     """
     t0 = time.perf_counter()
-    _check_rate_options(lmbda, quality, bpp, psnr)
+    _check_rate_options(lmbda, quality, bpp, psnr, tolerance)
     src = open_image(image, max_pixels)
     m = resolve_model(model)
     coder = _Coder(m, src)
@@ -234,6 +245,8 @@ def encode_image(
             with m.cached_analysis(coder.x):
                 report = search_lmbda_code(measure, kind, float(target), m.lmbda_range,
                                            tolerance)
+            if strict and not report.converged:
+                raise RateTargetError(report)
             container = coded[report.code]
         else:
             container = coder.code(_choose_lmbda(m, lmbda, quality))

@@ -6,6 +6,13 @@ as input codes every image (or every ``.vcd``) in it, not recursively, into
 Outputs are written to a temporary file in the target folder and moved into
 place, so a failure never leaves a partial file; an existing output is
 refused unless ``--force``, and an input is never overwritten.
+
+Exit codes: 0 done; 2 an error (one line on stderr per file, naming it);
+3 ``encode --strict`` missed a ``--bpp``/``--psnr`` target by more than the
+tolerance (no file written); 130 interrupted. ``--json`` prints one JSON
+object per file on stdout instead of the summary line. A folder shows progress
+on stderr (a bar on a terminal, a line every few seconds otherwise) unless
+``--quiet``.
 """
 
 from __future__ import annotations
@@ -48,24 +55,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     rate.add_argument("--bpp", type=float, help="target bits per pixel (rate control)")
     rate.add_argument("--psnr", type=float, help="target PSNR in dB (rate control)")
     enc.add_argument("--tolerance", type=float,
-                     help="rate-control tolerance: relative for --bpp (0.02), dB for --psnr (0.1)")
-    enc.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-    enc.set_defaults(func=_cmd_encode)
+                     help="rate-control tolerance: relative for --bpp, in (0, 1) (default "
+                     "0.02), dB for --psnr, > 0 (default 0.1)")
+    enc.add_argument("--strict", action="store_true",
+                     help="a --bpp/--psnr target missed by more than the tolerance is an error: "
+                     "no file, exit 3 (default: write the closest result and warn on stderr)")
+    _common(enc)
+    enc.set_defaults(func=_cmd_encode, fast_exit=True)
 
-    dec = sub.add_parser("decode", help="decompress a .vcd file (or a folder of them)")
+    dec = sub.add_parser(
+        "decode", help="decompress a .vcd file (or a folder of them)",
+        description="Decompress a .vcd file to an image (PNG unless -o names another "
+        "extension). The weights are the bundled ones the file names unless --model is "
+        "given; other weights are refused (the file records a fingerprint).")
     dec.add_argument("input", help=".vcd file or folder of .vcd files")
     dec.add_argument("-o", "--output", help="output image or folder (default: IN.png); the "
                      "extension picks the format")
     dec.add_argument("--model", help="registry name or .safetensors path "
                      "(default: the bundled weights named in the file)")
-    dec.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-    dec.set_defaults(func=_cmd_decode)
+    _common(dec)
+    dec.set_defaults(func=_cmd_decode, fast_exit=True)
 
     inf = sub.add_parser("info", help="show a .vcd file's header")
     inf.add_argument("input", help=".vcd file")
     inf.add_argument("--model", help="weights whose lambda range turns the code into lambda")
     inf.add_argument("--json", action="store_true", help="print JSON")
-    inf.set_defaults(func=_cmd_info)
+    inf.set_defaults(func=_cmd_info, fast_exit=True)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per file on stdout instead of the summary line")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines for a folder (errors and warnings still go to stderr)")
 
 
 # ------------------------------------------------------------------ files
@@ -132,9 +155,9 @@ def _is_image_name(p: Path) -> bool:
 
 
 # --------------------------------------------------------------- reporting
-def _warn_lines(caught: list[warnings.WarningMessage]) -> None:
+def _warn_lines(caught: list[warnings.WarningMessage], src: Path) -> None:
     for w in caught:
-        print(f"varicodec: warning: {w.message}", file=sys.stderr)
+        print(f"varicodec: warning: {_naming(src, Exception(str(w.message)))}", file=sys.stderr)
 
 
 def _fmt_db(v: float | None) -> str:
@@ -144,26 +167,55 @@ def _fmt_db(v: float | None) -> str:
 
 
 # --------------------------------------------------------------- commands
-def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> str:
+class _Failed(Exception):
+    """One file failed: ``message`` names it; ``code`` is the exit status it asks for."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _naming(path: Path, e: BaseException) -> str:
+    """``e``'s message, starting with ``path`` exactly once."""
+    text = str(e)
+    if isinstance(e, OSError) and e.strerror and not e.filename and str(path) not in text:
+        text = e.strerror
+    return text if str(path) in text or path.name in text else f"{path}: {text}"
+
+
+def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, dict]:
     from .api import encode_image
 
     _check_output(src, out, args.force)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = encode_image(src, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
-                         psnr=args.psnr, tolerance=args.tolerance)
+                         psnr=args.psnr, tolerance=args.tolerance, strict=args.strict)
     _warn_lines([w for w in caught
-                 if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))])
+                 if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))],
+                src)
     write_atomic(out, lambda f: f.write(r.data), args.force)
+    rc = r.rate_control
+    if rc is not None and not rc.converged:
+        print(f"varicodec: warning: {src}: target missed: "
+              f"{rc.summary().removeprefix('rate control: ')} (--strict makes this an error)",
+              file=sys.stderr)
     lm = f"  lambda {r.lmbda:.5g}" + (f" (code {r.lmbda_code})" if r.lmbda_code is not None else "")
     line = (f"{src} -> {out}  {r.width}x{r.height} {r.mode}  {len(r.data)} B  "
             f"{r.bpp:.4f} bpp{_fmt_db(r.psnr_db)}{lm}  {r.seconds:.2f} s")
-    if r.rate_control is not None:
-        line += "\n  " + r.rate_control.summary()
-    return line
+    if rc is not None:
+        line += "\n  " + rc.summary()
+    record = {
+        "input": str(src), "output": str(out), "width": r.width, "height": r.height,
+        "mode": r.mode, "model": r.model, "bytes": len(r.data), "bpp": r.bpp,
+        "psnr_db": None if r.psnr_db is None or math.isinf(r.psnr_db) else r.psnr_db,
+        "lmbda": r.lmbda, "lmbda_code": r.lmbda_code, "seconds": r.seconds,
+        "rate_control": rc.as_dict() if rc is not None else None,
+    }
+    return line, record
 
 
-def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> str:
+def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, dict]:
     from .api import decode_image
 
     t0 = time.perf_counter()
@@ -174,17 +226,38 @@ def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> str:
     data = _read_vcd(src)
     image, c = decode_image(data, args.model)
     write_atomic(out, lambda f: save_image(image, f, fmt), args.force)
-    return (f"{src} -> {out}  {c.width}x{c.height} {c.mode}  "
-            f"{len(data) * 8 / c.pixels:.4f} bpp  {time.perf_counter() - t0:.2f} s")
+    seconds = time.perf_counter() - t0
+    bpp = len(data) * 8 / c.pixels
+    line = f"{src} -> {out}  {c.width}x{c.height} {c.mode}  {bpp:.4f} bpp  {seconds:.2f} s"
+    record = {"input": str(src), "output": str(out), "width": c.width, "height": c.height,
+              "mode": c.mode, "model": c.model_name, "bytes": len(data), "bpp": bpp,
+              "seconds": seconds}
+    return line, record
+
+
+def _one(src: Path, out: Path, args: argparse.Namespace, decode: bool) -> str:
+    """Code one file; the line to print, or :class:`_Failed` with a message naming it."""
+    from .rate_control import RateTargetError
+
+    try:
+        line, record = (_decode_one if decode else _encode_one)(src, out, args)
+    except RateTargetError as e:
+        raise _Failed(_naming(src, e), code=3) from None
+    except (VaricodecError, ValueError, OSError) as e:
+        raise _Failed(_naming(src, e)) from None
+    return json.dumps(record) if args.json else line
 
 
 def _run(args: argparse.Namespace, decode: bool) -> int:
-    one = _decode_one if decode else _encode_one
     src = Path(args.input)
     if not src.exists():
         raise FileNotFoundError(f"no such file or folder: {src}")
     if not src.is_dir():
-        print(one(src, _resolve_output(src, args.output, decode), args))
+        try:
+            print(_one(src, _resolve_output(src, args.output, decode), args, decode))
+        except _Failed as e:
+            print(f"varicodec: error: {e}", file=sys.stderr)
+            return e.code
         return 0
     # a folder
     if decode:
@@ -205,21 +278,22 @@ def _run(args: argparse.Namespace, decode: bool) -> int:
             raise VaricodecError(f"{seen[o].name} and {p.name} would both be written to {o.name}")
         seen[o] = p
     out_dir.mkdir(exist_ok=True)
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    failed = 0
-    bar = tqdm(list(zip(inputs, outputs)), unit="img", file=sys.stderr, leave=False,
-               disable=None)
-    for p, o in bar:
+    codes: list[int] = []
+    verb = "decoded" if decode else "encoded"
+    bar = progress_bar(len(inputs), verb.removesuffix("d"), "img", enabled=not args.quiet)
+    for p, o in zip(inputs, outputs):
         try:
-            tqdm.write(one(p, o, args))
-        except (VaricodecError, ValueError, OSError) as e:
-            failed += 1
-            tqdm.write(f"varicodec: error: {p.name}: {e}", file=sys.stderr)
+            bar.write(_one(p, o, args, decode))
+        except _Failed as e:
+            codes.append(e.code)
+            bar.write(f"varicodec: error: {e}", file=sys.stderr)
+        bar.update(1)
     bar.close()
-    print(f"{len(inputs) - failed} of {len(inputs)} files {'decoded' if decode else 'encoded'}"
-          f" into {out_dir}")
-    return 2 if failed else 0
+    summary = f"{len(inputs) - len(codes)} of {len(inputs)} files {verb} into {out_dir}"
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    return 0 if not codes else 2 if 2 in codes else 3
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -231,9 +305,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .api import info
+    from .header import info
 
-    d = info(_read_vcd(Path(args.input)), args.model)
+    src = Path(args.input)
+    try:
+        d = info(_read_vcd(src), args.model)
+    except (VaricodecError, ValueError, OSError) as e:
+        print(f"varicodec: error: {_naming(src, e)}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(d, indent=2))
         return 0

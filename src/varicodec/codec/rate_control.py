@@ -21,9 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import VaricodecError
 from ..layers import LmbdaRange
 
-__all__ = ["RateControlReport", "search_lmbda_code", "DEFAULT_TOLERANCE"]
+__all__ = ["DEFAULT_TOLERANCE", "RateControlReport", "RateTargetError", "check_tolerance",
+           "search_lmbda_code"]
 
 #: default tolerance per target kind: relative for bpp, dB for PSNR
 DEFAULT_TOLERANCE = {"bpp": 0.02, "psnr": 0.1}
@@ -35,6 +37,33 @@ _PRIOR = (
     (0.0932, 1.2592, 38.58), (0.1800, 1.6602, 40.56),
 )
 _SLOPE = {"bpp": 0.55, "psnr": 2.8}  # per unit of ln λ
+
+
+class RateTargetError(VaricodecError):
+    """A strict encode missed its bpp or PSNR target by more than the tolerance."""
+
+    def __init__(self, report: RateControlReport) -> None:
+        super().__init__(f"target missed: {report.summary().removeprefix('rate control: ')}")
+        self.report = report
+
+
+def check_tolerance(kind: str, tolerance: float | None) -> float:
+    """The tolerance to use for a ``kind`` target; ``ValueError`` for a meaningless one.
+
+    bpp tolerances are relative (0 < t < 1: 0.02 = ±2 %); PSNR ones are in dB (t > 0).
+    """
+    if kind not in DEFAULT_TOLERANCE:
+        raise ValueError(f"unknown rate-control target {kind!r}")
+    if tolerance is None:
+        return DEFAULT_TOLERANCE[kind]
+    tol = float(tolerance)
+    if kind == "bpp" and not 0 < tol < 1:
+        raise ValueError(f"bpp tolerance is relative and must be in (0, 1), e.g. 0.02 for "
+                         f"±2 %; got {tolerance}")
+    if kind == "psnr" and not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"PSNR tolerance is in dB and must be a positive number; got "
+                         f"{tolerance}")
+    return tol
 
 
 @dataclass
@@ -50,6 +79,14 @@ class RateControlReport:
     converged: bool
     note: str | None = None
     trials: list[tuple[int, float]] = field(default_factory=list)
+    tolerance: float | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready fields (``converged``: the target was met within ``tolerance``)."""
+        return {"kind": self.kind, "target": self.target, "achieved": self.achieved,
+                "error": self.error, "tolerance": self.tolerance, "converged": self.converged,
+                "lmbda_code": self.code, "trials": self.iterations, "seconds": self.seconds,
+                "note": self.note}
 
     @property
     def error(self) -> float:
@@ -90,11 +127,9 @@ def search_lmbda_code(
     ``measure`` must increase with the code, at least roughly (both bpp and PSNR
     do); local non-monotonicity of real coded sizes is tolerated.
     """
-    if kind not in DEFAULT_TOLERANCE:
-        raise ValueError(f"unknown rate-control target {kind!r}")
+    tol = check_tolerance(kind, tolerance)
     if not math.isfinite(target) or target <= 0:
         raise ValueError(f"the {kind} target must be a positive number, got {target}")
-    tol = DEFAULT_TOLERANCE[kind] if tolerance is None else float(tolerance)
     code_max = LmbdaRange.CODE_MAX
     per_code = lmbda_range._span / code_max  # ln λ per code step
     t0 = time.perf_counter()
@@ -166,4 +201,5 @@ def search_lmbda_code(
         converged, note = True, None
     return RateControlReport(kind=kind, target=target, code=best, achieved=trials[best],
                              iterations=len(trials), seconds=time.perf_counter() - t0,
-                             converged=converged, note=note, trials=list(trials.items()))
+                             converged=converged, note=note, trials=list(trials.items()),
+                             tolerance=tol)

@@ -55,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip the likelihood (estimated rate) pass")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar on a terminal; otherwise a line on stderr every "
+                   "few seconds: done/total, rate, ETA)")
     p.set_defaults(func=_cmd_eval)
 
     p = subparsers.add_parser(
@@ -104,7 +106,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     images = list_images(dataset, args.limit)
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet
     if args.codec:
         from .classical import get_codec
 

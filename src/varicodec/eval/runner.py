@@ -27,12 +27,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..imageio import load_rgb, pad_to_multiple, to_tensor
 from ..losses import bpp_from_likelihoods
 from ..metrics import ms_ssim, psnr_db
 from ..models import VaricodecModel, create_model, list_models, load_model, weights_fingerprint
+from ..progress import progress_bar
 from ..quality import QUALITY_LMBDAS, lmbda_to_quality, quality_to_lmbda
 from .classical import ClassicalCodec
 from .flops import count_flops, parameter_count
@@ -411,8 +411,8 @@ def evaluate_models(
     imgs = _Images(images)
     points: list[dict] = []
     info: dict | None = None
-    bar = tqdm(total=len(models.points) * len(imgs.paths), desc=models.label, unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(models.points) * len(imgs.paths), models.label, "img",
+                       enabled=progress)
     previous: VaricodecModel | None = None
     fingerprint, n_models = "", 0
     try:
@@ -480,8 +480,7 @@ def evaluate_codec(
     values = list(sweep) if sweep else list(codec.sweep)
     imgs = _Images(images)
     points = []
-    bar = tqdm(total=len(values) * len(imgs.paths), desc=codec.name, unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(values) * len(imgs.paths), codec.name, "img", enabled=progress)
     try:
         for value in values:
             per_image = []

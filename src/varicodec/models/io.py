@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
-from .registry import WEIGHTS_DIR, bundled_weights, create_model, list_models
+from . import registry as _registry
+from .registry import bundled_weights, create_model, list_models
 
 if TYPE_CHECKING:
     from .codec_model import VaricodecModel
@@ -153,11 +154,12 @@ def describe_bundled(name: str) -> str | None:
     path = bundled_weights(name)
     if path is None:
         return None
+    shown = path.relative_to(_registry.WEIGHTS_DIR.parent.parent)  # varicodec/weights/…
     try:
         _, card = read_card(path)
     except Exception as e:  # a damaged file still gets listed, with the reason
-        return f"{path.relative_to(WEIGHTS_DIR.parent.parent)}: unreadable ({e})"
-    bits = [str(path.relative_to(WEIGHTS_DIR.parent.parent))]
+        return f"{shown}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    bits = [str(shown)]
     recipe = (card.get("recipe") or {}).get("name")
     steps = card.get("total_steps", card.get("steps"))
     if recipe:

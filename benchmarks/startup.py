@@ -1,0 +1,144 @@
+"""Start-up cost of the command line: import times and wall time per command.
+
+Every figure is the median of ``--repeats`` fresh processes (each pays the
+whole Python start-up, as a user does), with the 1-minute load average before
+and after, since the machine may be shared. Three parts:
+
+* **imports**: ``import varicodec``; torch alone; CompressAI the plain way
+  (``import compressai``: its ``__init__`` pulls in the point-cloud stack and
+  ``torch_geometric``) against the way varicodec imports it
+  (:mod:`varicodec._compressai`: only ``compressai.models.google`` and what it
+  needs), and varicodec's whole coding stack (``varicodec.codec.api``).
+* **commands**: ``varicodec --version``, ``--help``, ``models``, ``info``,
+  ``encode`` and ``decode`` of one image (Kodak ``kodim01`` by default), each
+  as a fresh ``python -m varicodec`` process, wall time from spawn to exit.
+* **first byte**: for ``encode`` and ``decode``, the time from spawn until the
+  output file appears (outputs are moved into place whole, so this is the time
+  to the first byte a reader can see).
+
+    nice python benchmarks/startup.py                          # Kodak kodim01, 5 repeats
+    python benchmarks/startup.py --image photo.png --repeats 9 --json startup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "kodak" / "kodim01.png"
+
+#: name → Python code run in a fresh interpreter
+IMPORTS = {
+    "import varicodec": "import varicodec",
+    "import torch": "import torch",
+    "import compressai (plain)": "import compressai.models",
+    "compressai via varicodec._compressai": (
+        "import varicodec._compressai as c; c.install(); "
+        "from compressai.models import ScaleHyperprior"
+    ),
+    "import varicodec.codec.api (coding stack)": "import varicodec.codec.api",
+}
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _wall(cmd: list[str], watch: Path | None = None) -> tuple[float, float | None, int]:
+    """Wall seconds from spawn to exit, seconds until ``watch`` exists, exit code."""
+    if watch is not None and watch.exists():
+        watch.unlink()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = None
+    while p.poll() is None:
+        if watch is not None and first is None and watch.exists():
+            first = time.perf_counter() - t0
+        time.sleep(0.002)
+    wall = time.perf_counter() - t0
+    if watch is not None and first is None and watch.exists():
+        first = wall
+    if p.returncode:
+        err = p.stderr.read().decode().strip().splitlines()
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-1] if err else p.returncode}")
+    return wall, first, p.returncode
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def run(image: Path, repeats: int = 5, threads: int | None = None) -> dict:
+    py = sys.executable
+    env_threads = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    os.environ.update(env_threads)
+    out: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "repeats": repeats,
+                 "image": str(image), "load_before": _load(), "imports_s": {},
+                 "commands_s": {}, "first_byte_s": {}}
+    for name, code in IMPORTS.items():
+        out["imports_s"][name] = _median([_wall([py, "-c", code])[0] for _ in range(repeats)])
+    with tempfile.TemporaryDirectory() as tmp:
+        vcd, png = Path(tmp) / "out.vcd", Path(tmp) / "out.png"
+        cli = [py, "-m", "varicodec"]
+        _wall(cli + ["encode", str(image), "-o", str(vcd), "-f"])  # a file for info/decode
+        commands = {
+            "--version": (cli + ["--version"], None),
+            "--help": (cli + ["--help"], None),
+            "models": (cli + ["models"], None),
+            "info": (cli + ["info", str(vcd)], None),
+            "encode": (cli + ["encode", str(image), "-o", str(Path(tmp) / "e.vcd"), "-f"],
+                       Path(tmp) / "e.vcd"),
+            "decode": (cli + ["decode", str(vcd), "-o", str(png), "-f"], png),
+        }
+        for name, (cmd, watch) in commands.items():
+            walls, firsts = [], []
+            for _ in range(repeats):
+                wall, first, _ = _wall(cmd, watch)
+                walls.append(wall)
+                if first is not None:
+                    firsts.append(first)
+            out["commands_s"][name] = _median(walls)
+            if firsts:
+                out["first_byte_s"][name] = _median(firsts)
+    out["load_after"] = _load()
+    return out
+
+
+def _table(r: dict) -> str:
+    lines = [f"python {r['python']}, {r['cpus']} CPUs, median of {r['repeats']} fresh processes, "
+             f"load average {r['load_before']:.2f} before / {r['load_after']:.2f} after",
+             "", "| import | seconds |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.2f} |" for k, v in r["imports_s"].items()]
+    lines += ["", f"| command ({Path(r['image']).name}) | wall s | first byte s |", "|---|---|---|"]
+    for k, v in r["commands_s"].items():
+        fb = r["first_byte_s"].get(k)
+        lines.append(f"| `varicodec {k}` | {v:.2f} | {'' if fb is None else f'{fb:.2f}'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if not args.image.is_file():
+        print(f"startup.py: no image at {args.image} (use --image)", file=sys.stderr)
+        return 2
+    r = run(args.image, args.repeats)
+    print(_table(r))
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
