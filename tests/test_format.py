@@ -48,6 +48,8 @@ def test_varint_errors():
     {"gray": True, "alpha": b""},
     {"alpha": b"a" * 1000, "side": b"s" * 6, "model_name": "joint-ecgbm"},
     {"width": 1, "height": 1, "y": b""},
+    {"guard": b"g" * 300, "alpha": b"a" * 7},
+    {"version": 1, "guard": None},
 ])
 def test_roundtrip(kw):
     c = make(**kw)
@@ -57,14 +59,33 @@ def test_roundtrip(kw):
 
 
 def test_overhead_bounds():
-    assert make().overhead == 25  # typical: variable-rate RGB, 1-byte len(z)
-    assert make(model_name="hyperprior-base", lmbda_code=None).overhead == 23
-    # every optional field present, z up to 2 MiB: 18 + 2 + 3 + 1 + 1 + 4
+    # typical: variable-rate RGB, 1-byte len(z) and len(guard)
+    assert make(guard=b"g" * 4).overhead == 26
+    assert make(model_name="hyperprior-base", lmbda_code=None).overhead == 24
+    # every optional field present, z up to 2 MiB: 18 + 2 + 3 + 1 + 1 + 1 + 4
     big = make(model_name="hyperprior-ecgbm", width=65535, height=4096, z=b"z" * (2**21 - 1),
                side=b"s" * 255, alpha=b"")
-    assert big.overhead == 29
-    # an alpha stream below 256 MiB adds at most 3 more bytes: 32 in all
+    assert big.overhead == 30
+    # an alpha stream below 256 MiB adds at most 3 more bytes, a guard stream below
+    # 2 MiB 2 more: 35 in all
     assert len(write_varint(2**28 - 1)) - len(write_varint(0)) == 3
+    assert len(write_varint(2**21 - 1)) - len(write_varint(0)) == 2
+    # a version 1 file has no len(guard)
+    assert make(version=1, guard=None).overhead == 25
+
+
+def test_version_1_files_are_read():
+    # the layout before the guard stream: no len(guard), no guard stream
+    old = make(version=1, guard=None, alpha=b"a" * 5)
+    data = old.pack()
+    assert data[3] == 1
+    assert Container.unpack(data) == old
+    assert Container.unpack(data).guard is None
+    assert Container.unpack(make().pack()).version == FORMAT_VERSION == 2
+    with pytest.raises(ValueError):
+        make(version=1)  # a version 1 file cannot carry a guard stream
+    with pytest.raises(ValueError):
+        make(guard=None)  # ... and a version 2 file always has one
 
 
 def test_modes():

@@ -36,8 +36,13 @@ def test_crafted_sizes_do_not_crash_the_entropy_decoder():
     from varicodec.codec.pretrained import fingerprint
 
     model = fuzz_format.tiny_model("hyperprior-ecgbm")
+    from varicodec.errors import DesyncError
+
     for z, y in ((b"\xf2", b""), (b"", b""), (b"\xff" * 64, b"\xff" * 300)):
+        # (format version 2) an arbitrary symbol check: a garbage stream decodes to
+        # symbols that fail it, which is reported instead of a picture
         c = Container(model_name=model.name, fingerprint=fingerprint(model), width=1,
-                      height=25854, y=y, z=z, lmbda_code=5632)
-        image = decode(c.pack(), model)
-        assert image.size == (1, 25854)
+                      height=25854, y=y, z=z, lmbda_code=5632, guard=bytes(4))
+        with pytest.raises(DesyncError):
+            decode(c.pack(), model)
+

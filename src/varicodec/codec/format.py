@@ -4,7 +4,7 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
 
     offset  size  field
     0       3     magic  b"VCD"
-    3       1     format version (1)
+    3       1     format version (2; version 1 files are still read)
     4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream; bits 3-7 zero
     5       1     model id (registry name, table MODEL_IDS)
     6       8     weights fingerprint (varicodec.models.weights_fingerprint)
@@ -14,15 +14,19 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
     ..      v     len(z)                         varint
     ..      1     len(side)                      only if flag bit 2; 1..255
     ..      v     len(alpha)                     only if flag bit 1; varint
-    ..      ..    z stream, side stream, alpha stream, y stream (y takes the rest)
+    ..      v     len(guard)                     varint; version 2 only
+    ..      ..    z, side, alpha, guard streams, y stream (y takes the rest)
     end-4   4     CRC-32 (zlib) of every byte before it
 
 The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉``
 (the models' downsampling factor). Everything but the four payloads is
 *overhead* (``Container.overhead``): 22 bytes plus 2 for the λ code of a
 variable-rate model, 1-3 for ``len(z)`` (z < 2 MiB), 1 if a side stream is
-present and 1-4 if alpha is (alpha stream < 256 MiB) — 26 bytes for a
-variable-rate RGB Kodak image and at most 32 in all.
+present, 1-4 if alpha is (alpha stream < 256 MiB) and 1-3 for ``len(guard)``
+(version 2; guard < 2 MiB) — 27 bytes for a variable-rate RGB Kodak image and
+at most 35 in all. The guard stream (version 2) holds a CRC-32 of the entropy-coded symbols
+and the latents whose scale index the encoder made explicit
+(``varicodec.models.codec_model._pack_guard``).
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -52,7 +56,9 @@ __all__ = [
 ]
 
 MAGIC = b"VCD"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this reader decodes; version 1 has no guard stream (no symbol check)
+READABLE_VERSIONS = (1, 2)
 
 #: registry name → model id byte. Append only: ids are part of the format.
 MODEL_IDS: dict[str, int] = {
@@ -130,7 +136,8 @@ class Container:
 
     ``y``, ``z``: the entropy-coded latent and hyper-latent; ``side``: the gate
     masks of ``h_s`` (``b""`` when the decoder recomputes them); ``alpha``: the
-    zlib-compressed alpha plane, or ``None``.
+    zlib-compressed alpha plane, or ``None``; ``guard``: the symbol check and the
+    explicit scale indexes (format version 2; ``None`` in a version 1 file).
     """
 
     model_name: str
@@ -143,6 +150,7 @@ class Container:
     alpha: bytes | None = None
     gray: bool = False
     lmbda_code: int | None = None
+    guard: bytes | None = b""
     version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -159,6 +167,10 @@ class Container:
             raise ValueError("only gated models have a side stream")
         if len(self.side) > 255:
             raise ValueError("gate side stream longer than 255 bytes")
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"cannot write .vcd format version {self.version}")
+        if (self.guard is None) != (self.version == 1):
+            raise ValueError("a guard stream is stored exactly in format version 2")
 
     # ------------------------------------------------------------------ info
     @property
@@ -183,6 +195,8 @@ class Container:
             out.append(len(self.side))
         if self.alpha is not None:
             out += write_varint(len(self.alpha))
+        if self.guard is not None:
+            out += write_varint(len(self.guard))
         return bytes(out)
 
     @property
@@ -194,11 +208,14 @@ class Container:
         sizes = {"y": len(self.y), "z": len(self.z), "side": len(self.side)}
         if self.alpha is not None:
             sizes["alpha"] = len(self.alpha)
+        if self.guard is not None:
+            sizes["guard"] = len(self.guard)
         return sizes
 
     # ------------------------------------------------------------ bytes I/O
     def pack(self) -> bytes:
-        body = b"".join([self.header(), self.z, self.side, self.alpha or b"", self.y])
+        body = b"".join([self.header(), self.z, self.side, self.alpha or b"", self.guard or b"",
+                         self.y])
         return body + struct.pack(">I", zlib.crc32(body))
 
     @classmethod
@@ -254,7 +271,10 @@ class Container:
         alpha_len = None
         if flags & FLAG_ALPHA:
             alpha_len, pos = read_varint(data, pos, end)
-        declared = z_len + side_len + (alpha_len or 0)
+        guard_len = None
+        if version >= 2:
+            guard_len, pos = read_varint(data, pos, end)
+        declared = z_len + side_len + (alpha_len or 0) + (guard_len or 0)
         if pos + declared > end:
             raise FormatError("file is truncated (streams shorter than their declared lengths)")
         (crc,) = struct.unpack_from(">I", data, end)
@@ -268,6 +288,10 @@ class Container:
         if alpha_len is not None:
             alpha = data[pos:pos + alpha_len]
             pos += alpha_len
+        guard = None
+        if guard_len is not None:
+            guard = data[pos:pos + guard_len]
+            pos += guard_len
         return cls(model_name=name, fingerprint=fp, width=width, height=height,
                    y=data[pos:end], z=z, side=side, alpha=alpha, gray=bool(flags & FLAG_GRAY),
-                   lmbda_code=code, version=version)
+                   lmbda_code=code, guard=guard, version=version)

@@ -33,6 +33,8 @@ Decoding hazards, and what this class does about them:
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,9 +47,10 @@ from compressai.models import (
 )
 from torch import Tensor, nn
 
+from ..errors import DesyncError
 from ..layers import BitrateModulator, EnergyChannelGate, LmbdaRange, gates_of, insert_gates
 
-__all__ = ["VaricodecModel", "ARCHITECTURES", "VARIANTS"]
+__all__ = ["VaricodecModel", "ARCHITECTURES", "VARIANTS", "INDEX_MARGIN"]
 
 #: architecture name → (CompressAI class, default N, default M)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], int, int]] = {
@@ -68,6 +71,12 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
 _UNGATED = ("context_prediction", "entropy_parameters")
 
 DEFAULT_LMBDA_RANGE = (0.0018, 0.18)
+
+#: A latent whose predicted scale ``s`` lies within ``|s / t − 1| < INDEX_MARGIN`` of a
+#: scale-table boundary ``t`` gets its index made explicit in the guard stream. The
+#: largest difference between two CPU kernel sets measured on Kodak is 4.3e-6
+#: (docs/results/portability.md), so 1e-5 leaves a factor of 2.3.
+INDEX_MARGIN = 1e-5
 
 
 class VaricodecModel(nn.Module):
@@ -289,13 +298,21 @@ class VaricodecModel(nn.Module):
     def _hs_gates(self) -> list[EnergyChannelGate]:
         return [g for _, g in gates_of(self.net.h_s)]
 
+    def _latents_per_item(self, shape) -> int:
+        """Number of latents ``y`` of one image whose hyper-latent is ``shape`` (H×W)."""
+        return int(self.config["M"]) * int(shape[0]) * 4 * int(shape[1]) * 4
+
     @torch.no_grad()
-    def compress(self, x: Tensor, lmbda: float | None = None) -> dict:
+    def compress(self, x: Tensor, lmbda: float | None = None,
+                 index_margin: float = INDEX_MARGIN) -> dict:
         """Entropy-code ``x``.
 
-        Returns ``{"strings": [y, z] (+ [gates] if gated), "shape": z's H×W,
-        "lmbda": the λ used, "lmbda_code": its 16-bit code or None}``; each
-        stream is a list with one byte string per batch element.
+        Returns ``{"strings": [y, z] (+ [gates] if gated) + [guard], "shape": z's
+        H×W, "lmbda": the λ used, "lmbda_code": its 16-bit code or None}``; each
+        stream is a list with one byte string per batch element. The guard stream
+        holds a CRC-32 of the coded symbols and the latents whose scale lies within
+        a relative ``index_margin`` of a scale-table boundary (``0``: none; for
+        tests), see :class:`_IndexGuard`.
         """
         self._check_image(x)
         code = None
@@ -315,11 +332,15 @@ class VaricodecModel(nn.Module):
             lmbda_used, lm = self.lmbda, None
         for g in self._hs_gates():
             g.forced_mask = None
-        with self._at(lm):
+        gc = self.net.gaussian_conditional
+        with self._at(lm), _IndexGuard(gc, margin=index_margin) as guard:
             out = self.net.compress(x)
         strings = list(out["strings"])
+        batch = x.shape[0]
         if self.gated:
-            strings.append(self._pack_side(x.shape[0]))
+            strings.append(self._pack_side(batch))
+        positions = guard.item_positions(batch, self._latents_per_item(out["shape"]))
+        strings.append([_pack_guard(c, p) for c, p in zip(guard.checks(batch), positions)])
         return {"strings": strings, "shape": tuple(out["shape"]), "lmbda": lmbda_used,
                 "lmbda_code": code}
 
@@ -352,11 +373,24 @@ class VaricodecModel(nn.Module):
         """Inverse of :meth:`compress`. Returns ``{"x_hat", "y_hat"}``.
 
         ``y_hat`` is the entropy-decoded latent (before the inverse modulator).
+        Without the guard stream (files of format version 1) the indexes are all
+        recomputed and nothing is checked; with it, a decode whose symbols do not
+        match the encoder's raises :class:`~varicodec.errors.DesyncError`.
         """
         n_streams = 3 if self.gated else 2
-        if len(strings) != n_streams:
-            raise ValueError(f"{self.name} expects {n_streams} streams, got {len(strings)}")
+        if len(strings) not in (n_streams, n_streams + 1):
+            raise ValueError(f"{self.name} expects {n_streams} streams plus the guard "
+                             f"stream, got {len(strings)}")
         batch = len(strings[0])
+        per_item = self._latents_per_item(shape)
+        guards = None
+        forced = None
+        if len(strings) > n_streams:
+            if len(strings[n_streams]) != batch:
+                raise ValueError("guard stream count does not match the batch")
+            guards = [_unpack_guard(s, per_item) for s in strings[n_streams]]
+            forced = torch.from_numpy(np.concatenate(
+                [p + b * per_item for b, (_, p) in enumerate(guards)]))
         lm = None
         if self.variable_rate:
             if lmbda_code is None:
@@ -367,13 +401,193 @@ class VaricodecModel(nn.Module):
             lm = lm.to(next(self.parameters()).device)
         if self.gated:
             self._unpack_side(strings[2])
+        gc = self.net.gaussian_conditional
         try:
-            with self._at(lm):
+            with self._at(lm), _IndexGuard(gc, forced=forced) as guard:
                 out = self.net.decompress(list(strings[:2]), shape)
         finally:
             for g in self._hs_gates():
                 g.forced_mask = None
+        if guards is not None:
+            bad = [b for b, (got, (want, _)) in enumerate(zip(guard.checks(batch), guards))
+                   if got != want]
+            if bad:
+                raise DesyncError(
+                    "the decoded latent does not match the encoder's (symbol check failed"
+                    + (f" for batch element {bad}" if batch > 1 else "") + "): this "
+                    "machine's arithmetic went out of step with the encoder's, or the file "
+                    "was altered; the picture would be garbage, so none is returned"
+                )
         return {"x_hat": out["x_hat"], "y_hat": self._y_hat}
+
+
+# ------------------------------------------------------------- index guard
+_CHECK = struct.Struct(">I")
+
+
+def _nearest_boundary(scales: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+    """For each raw scale (flattened): the nearest boundary ``k`` of ``table`` and the
+    relative distance ``|s / t_k − 1|`` to it (float64, on the CPU).
+
+    The boundaries are CompressAI's ``scale_table[:-1]``: ``build_indexes`` gives a
+    scale just above ``t_k`` index ``k + 1``, one at or below it index ``k``.
+    """
+    s = scales.detach().reshape(-1).to("cpu", torch.float64)
+    t = table.detach().to("cpu", torch.float64)
+    j = torch.searchsorted(t, s).clamp_(1, len(t) - 1)
+    k = torch.where((t[j] - s).abs() < (s - t[j - 1]).abs(), j, j - 1)
+    return k, (s / t[k] - 1).abs()
+
+
+class _IndexGuard:
+    """Guards the scale indexes of one ``compress`` / ``decompress`` call and collects
+    the entropy-coded symbols for the symbol check.
+
+    Installed as instance attributes that shadow ``build_indexes``, ``quantize`` and
+    ``dequantize`` of the model's ``GaussianConditional``, so CompressAI's own
+    ``compress`` / ``decompress`` (and the joint model's position-by-position loops)
+    run unchanged. Latents are numbered in coding order across the batch: element
+    ``b``'s latent ``i`` is ``b · per_item + i`` (C×H×W order for the hyperprior and
+    mean models, position then channel for the joint model).
+
+    * encoder (``margin``): a latent whose scale lies within ``margin`` of boundary
+      ``t_k`` is coded with index ``k + 1``, whichever side it fell on, and its
+      number goes to :attr:`positions`;
+    * decoder (``forced``): at those numbers the index is ``k + 1`` for the boundary
+      ``k`` nearest to the decoder's own scale (float noise is ~10⁴ times smaller
+      than the 13 % gap between boundaries); elsewhere it is ``build_indexes``'s.
+    """
+
+    def __init__(self, gc: nn.Module, margin: float | None = None,
+                 forced: Tensor | None = None) -> None:
+        self.gc, self.margin, self.forced = gc, margin, forced
+        self.count = 0
+        self.positions: list[Tensor] = []
+        self.symbols: list[Tensor] = []
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        idx = type(self.gc).build_indexes(self.gc, scales).contiguous()
+        start, n = self.count, scales.numel()
+        self.count += n
+        table = self.gc.scale_table[:-1]
+        if self.margin is not None:
+            k, dist = _nearest_boundary(scales, table)
+            sel = (dist < self.margin).nonzero().squeeze(1)
+            k = k[sel]
+            if sel.numel():
+                self.positions.append(sel + start)
+        elif self.forced is not None:
+            sel = self.forced[(self.forced >= start) & (self.forced < start + n)] - start
+            if not sel.numel():
+                return idx
+            k, _ = _nearest_boundary(scales.reshape(-1)[sel.to(scales.device)], table)
+        else:
+            return idx
+        flat = idx.view(-1)
+        flat[sel.to(flat.device)] = (k + 1).to(flat.device, flat.dtype)
+        return idx
+
+    def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
+        out = type(self.gc).quantize(self.gc, inputs, mode, means)
+        if mode == "symbols":
+            self.symbols.append(out.detach().reshape(-1).to("cpu", torch.int32))
+        return out
+
+    def dequantize(self, inputs: Tensor, means: Tensor | None = None,
+                   dtype: torch.dtype = torch.float) -> Tensor:
+        self.symbols.append(inputs.detach().reshape(-1).to("cpu", torch.int32))
+        return type(self.gc).dequantize(inputs, means, dtype)
+
+    def __enter__(self) -> _IndexGuard:
+        for name in ("build_indexes", "quantize", "dequantize"):
+            setattr(self.gc, name, getattr(self, name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in ("build_indexes", "quantize", "dequantize"):
+            self.gc.__dict__.pop(name, None)
+
+    def checks(self, batch: int) -> list[int]:
+        """CRC-32 of each batch element's symbols (int32, little-endian, coding order)."""
+        symbols = torch.cat(self.symbols) if self.symbols else torch.zeros(0, dtype=torch.int32)
+        if symbols.numel() % batch:
+            raise ValueError("decoded symbol count does not match the batch")
+        return [zlib.crc32(part.numpy().astype("<i4").tobytes())
+                for part in symbols.view(batch, -1)]
+
+    def item_positions(self, batch: int, per_item: int) -> list[np.ndarray]:
+        """The recorded latent numbers, split per batch element (local numbers)."""
+        pos = torch.cat(self.positions).numpy() if self.positions else np.zeros(0, np.int64)
+        return [pos[(pos >= b * per_item) & (pos < (b + 1) * per_item)] - b * per_item
+                for b in range(batch)]
+
+
+def _pack_guard(check: int, positions: np.ndarray) -> bytes:
+    """The guard stream: ``check`` (4 bytes), then if any latent is guarded, their
+    count (varint), a Rice parameter ``r`` (1 byte) and the gaps between successive
+    latent numbers (``pos − previous − 1``, previous = −1), Rice-coded: the quotient
+    ``gap >> r`` in unary (ones ended by a zero), then the ``r`` low bits, MSB first.
+    """
+    out = bytearray(_CHECK.pack(check))
+    if not len(positions):
+        return bytes(out)
+    gaps = np.diff(np.asarray(positions, np.int64), prepend=-1) - 1
+    r = min(range(25), key=lambda r: int((gaps >> r).sum()) + len(gaps) * (r + 1))
+    bits: list[int] = []
+    for g in gaps.tolist():
+        bits += [1] * (g >> r) + [0] + [(g >> i) & 1 for i in range(r - 1, -1, -1)]
+    out += _varint(len(gaps)) + bytes([r]) + np.packbits(np.array(bits, np.uint8)).tobytes()
+    return bytes(out)
+
+
+def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray]:
+    """Inverse of :func:`_pack_guard`: ``(check, latent numbers)``; ``ValueError``
+    for a malformed stream or a number outside ``[0, per_item)``."""
+    if len(stream) < _CHECK.size:
+        raise ValueError("guard stream shorter than its symbol check")
+    (check,) = _CHECK.unpack_from(stream)
+    if len(stream) == _CHECK.size:
+        return check, np.zeros(0, np.int64)
+    n, pos = 0, _CHECK.size
+    for shift in range(0, 35, 7):
+        if pos >= len(stream):
+            raise ValueError("guard stream truncated")
+        b = stream[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+    else:
+        raise ValueError("guard stream: count too long")
+    if not 0 < n <= per_item or pos >= len(stream) or stream[pos] > 24:
+        raise ValueError("guard stream: bad count or Rice parameter")
+    r = stream[pos]
+    bits = np.unpackbits(np.frombuffer(stream, np.uint8, offset=pos + 1)).tolist()
+    out, i, prev = np.empty(n, np.int64), 0, -1
+    for j in range(n):
+        q = 0
+        while i < len(bits) and bits[i]:
+            q, i = q + 1, i + 1
+        if i + 1 + r > len(bits):
+            raise ValueError("guard stream truncated")
+        low = 0
+        for b in bits[i + 1:i + 1 + r]:
+            low = (low << 1) | b
+        i += 1 + r
+        prev = prev + 1 + ((q << r) | low)
+        if prev >= per_item:
+            raise ValueError("guard stream names a latent outside the image")
+        out[j] = prev
+    return check, out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 class _AutocastForward:
