@@ -1,0 +1,97 @@
+"""Start-up stays light (issue 13): what each entry point imports, and the CompressAI shim.
+
+Import sets, not wall times, are asserted (the machine is shared); the times are
+in docs/results/startup.md from benchmarks/startup.py.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import load_benchmark
+
+# the shim registers `compressai` itself (its __init__ deferred): count what runs code
+HEAVY = ("torch", "compressai.entropy_models", "scipy", "torch_geometric")
+
+
+def loaded_after(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; which heavy modules it left loaded (+ its output)."""
+    probe = (f"{code}\nimport sys, json\n"
+             f"print(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_import_varicodec_is_light():
+    assert not any(loaded_after("import varicodec; varicodec.list_models()").values())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["models"], ["decode", "--help"]])
+def test_cli_paths_need_no_torch(argv):
+    code = f"from varicodec.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    assert not any(loaded_after(code).values())
+
+
+def test_info_needs_no_torch(tmp_path):
+    from varicodec.codec import encode
+
+    model = load_benchmark("fuzz_format").tiny_model("hyperprior-ecgbm", 0)
+    model.update(force=True)
+    path = tmp_path / "a.vcd"
+    path.write_bytes(encode(np.zeros((8, 8, 3), np.uint8), model, quality=3))
+    loaded = loaded_after(f"from varicodec.cli import main; main(['info', {str(path)!r}])")
+    assert not loaded["torch"] and not loaded["compressai.entropy_models"]
+
+
+def test_coding_never_loads_the_point_cloud_stack():
+    loaded = loaded_after("import varicodec; varicodec.load_model('hyperprior-ecgbm')")
+    assert loaded["torch"] and loaded["compressai.entropy_models"] and not loaded["torch_geometric"]
+
+
+def test_shim_gives_what_a_plain_import_gives():
+    """After the shim, CompressAI's public names are all there and its own state works."""
+    names = ("import types, compressai.models as m, compressai.entropy_models as e; "
+             "print(sorted(n for n in dir(m) if not n.startswith('_') "
+             "and not isinstance(getattr(m, n), types.ModuleType)))")
+    plain = subprocess.run([sys.executable, "-c", names], capture_output=True, text=True,
+                           timeout=300)
+    shimmed = subprocess.run(
+        [sys.executable, "-c", "import varicodec; from compressai.models import *; " + names],
+        capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and shimmed.returncode == 0, shimmed.stderr
+    assert plain.stdout.splitlines()[-1] == shimmed.stdout.splitlines()[-1]
+    state = subprocess.run([sys.executable, "-c", (
+        "import varicodec, compressai\n"
+        "assert compressai.get_entropy_coder() == 'ans'\n"
+        "compressai.set_entropy_coder('ans')\n"
+        "from compressai.zoo import bmshj2018_hyperprior\n"  # the whole package on demand
+        "from compressai.entropy_models import GaussianConditional\n"
+        "g = GaussianConditional(None); g.update_scale_table(__import__('torch').ones(3))\n"
+        "assert compressai.available_entropy_coders()[0] == 'ans'\n"
+        "print(type(__import__('sys').modules['scipy.stats']).__name__)")],
+        capture_output=True, text=True, timeout=300)
+    assert state.returncode == 0, state.stderr
+    assert state.stdout.strip() == "module"  # the stand-in made way for the real scipy.stats
+
+
+def test_registry_names_match_the_models():
+    from varicodec.models import ARCHITECTURES, VARIANTS, registry
+
+    assert registry.ARCH_NAMES == tuple(ARCHITECTURES)
+    assert registry.VARIANT_NAMES == tuple(VARIANTS)
+
+
+def test_header_lambda_matches_the_model():
+    from varicodec.codec.format import lmbda_from_code
+    from varicodec.layers import LmbdaRange
+
+    for lo, hi in ((0.0018, 0.18), (0.001, 0.5)):
+        r = LmbdaRange(lo, hi)
+        for code in (0, 1, 777, 32768, 65534, 65535):
+            assert math.isclose(lmbda_from_code(code, (lo, hi)), r.decode(code), rel_tol=1e-15)
+    with pytest.raises(ValueError):
+        lmbda_from_code(65536, (0.0018, 0.18))
