@@ -1,0 +1,286 @@
+"""Decode anywhere (issue 14): cross-kernel matrix, rate and decode-time cost of the guard.
+
+Three measurements, each printing JSON (``-o`` writes it too)::
+
+    # the guard's rate: guard-stream bytes / file bytes, every image × quality
+    python benchmarks/portability.py rate --images ../shared/data/kodak --qualities 1 2 3 4 5 6 7 8
+
+    # decode time with and without the guard (same file, alternating, median)
+    python benchmarks/portability.py time --images ../shared/data/kodak --limit 4
+
+    # every (encoder, decoder) pair of configurations: encoders are processes with
+    # ONEDNN_MAX_CPU_ISA = default / AVX2 / SSE41 (ATEN_CPU_CAPABILITY=default with
+    # SSE41); each decoder process decodes every file under 1 and 2 threads ×
+    # sparse / masked-dense × channels-last / NCHW
+    python benchmarks/portability.py matrix --images ../shared/data/kodak \
+        --names kodim01 kodim05 kodim13 --qualities 1 4
+
+``--unguarded`` in ``matrix`` also writes files with the guard off
+(``index_margin=0``, symbol check still on): what the files would do without it.
+``--model`` takes any model spec (default: the bundled ``hyperprior-ecgbm``).
+Not yet here: GPU↔CPU pairs (the ``.vcd`` API codes on the CPU; a GPU run needs the
+model-level ``compress``/``decompress`` on ``cuda`` with TF32 off, see
+docs/results/portability.md).
+Images are read from outside the repository; nothing is copied into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ISAS = {
+    "default": {},
+    "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
+}
+#: decoder configurations inside one process: (threads, sparse, channels_last)
+LOCAL = [(t, sp, cl) for t in (1, 2) for sp in (True, False) for cl in (True, False)]
+
+
+def _images(folder: str, names: list[str] | None, limit: int | None) -> list[Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        sys.exit(f"image folder {d} not found (Kodak: ../shared/data/kodak); nothing measured")
+    paths = sorted(p for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if names:
+        paths = [p for p in paths if p.stem in names]
+    return paths[:limit] if limit else paths
+
+
+def _model(spec: str | None):
+    from varicodec.codec.pretrained import resolve_model
+
+    return resolve_model(spec)
+
+
+def _emit(obj, out: str | None) -> None:
+    text = json.dumps(obj, indent=1)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+# ---------------------------------------------------------------------- rate
+def cmd_rate(a: argparse.Namespace) -> None:
+    from varicodec.codec.api import encode_image
+    from varicodec.codec.format import Container
+
+    m = _model(a.model)
+    rows = []
+    for p in _images(a.images, a.names, a.limit):
+        for q in a.qualities:
+            r = encode_image(p, m, quality=q, compute_psnr=False)
+            c = Container.unpack(r.data)
+            guard = len(c.guard or b"")
+            rows.append({"image": p.stem, "quality": q, "bytes": len(r.data), "guard_bytes": guard,
+                         "guarded_latents_bytes": guard - 4,
+                         "overhead_pct": 100 * (guard + 1) / (len(r.data) - guard - 1)})
+            print(f"{p.stem} q{q}: {len(r.data)} B, guard {guard} B", file=sys.stderr)
+    per_q = {}
+    for q in a.qualities:
+        ov = [r["overhead_pct"] for r in rows if r["quality"] == q]
+        per_q[str(q)] = {"mean_pct": float(np.mean(ov)), "max_pct": float(np.max(ov)),
+                         "mean_bytes": float(np.mean([r["bytes"] for r in rows
+                                                      if r["quality"] == q]))}
+    _emit({"model": m.name, "margin": _margin(), "per_quality": per_q, "rows": rows}, a.output)
+
+
+def _margin() -> float:
+    from varicodec.models.codec_model import INDEX_MARGIN
+
+    return INDEX_MARGIN
+
+
+# ---------------------------------------------------------------------- time
+def cmd_time(a: argparse.Namespace) -> None:
+    from varicodec.codec.api import _guarded, _z_shape, encode_image
+    from varicodec.codec.format import Container
+
+    torch.set_num_threads(a.threads)
+    m = _model(a.model)
+    rows = []
+    for p in _images(a.images, a.names, a.limit):
+        for q in a.qualities:
+            c = Container.unpack(encode_image(p, m, quality=q, compute_psnr=False).data)
+            zh, zw = _z_shape(m, c.width, c.height)
+            base = [[_guarded(c.y, m.config["M"] * zh * zw * 16)], [c.z]]
+            base += [[c.side]] if m.gated else []
+            with_guard = base + [[c.guard]]
+            times: dict[str, list[float]] = {"guard": [], "none": []}
+            with torch.inference_mode():
+                m.decompress(with_guard, (zh, zw), c.lmbda_code)  # warm-up
+                for _ in range(a.repeats):
+                    for key, strings in (("guard", with_guard), ("none", base)):
+                        t0 = time.perf_counter()
+                        m.decompress(strings, (zh, zw), c.lmbda_code)
+                        times[key].append(time.perf_counter() - t0)
+            g, n = float(np.median(times["guard"])), float(np.median(times["none"]))
+            rows.append({"image": p.stem, "quality": q, "guard_s": g, "none_s": n,
+                         "overhead_pct": 100 * (g / n - 1)})
+            print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
+    ov = [r["overhead_pct"] for r in rows]
+    _emit({"model": m.name, "threads": a.threads, "repeats": a.repeats,
+           "mean_overhead_pct": float(np.mean(ov)),
+           "total_overhead_pct": 100 * (sum(r["guard_s"] for r in rows)
+                                        / sum(r["none_s"] for r in rows) - 1),
+           "rows": rows}, a.output)
+
+
+# -------------------------------------------------------------------- matrix
+def cmd_worker(a: argparse.Namespace) -> None:
+    """In a process with one kernel set: encode (``--encode``) or decode every file."""
+    from varicodec.codec.api import decode_image, encode_image
+    from varicodec.errors import DesyncError
+    from varicodec.sparse import sparse_execution
+
+    m = _model(a.model)
+    work = Path(a.work)
+    if a.encode:
+        torch.set_num_threads(2)
+        for p in _images(a.images, a.names, a.limit):
+            for q in a.qualities:
+                for margin in ([None, 0.0] if a.unguarded else [None]):
+                    tag = "g" if margin is None else "u"
+                    kw = {} if margin is None else {"index_margin": margin}
+                    data = _encode(encode_image, m, p, q, kw)
+                    (work / f"{a.name}.{tag}.{p.stem}.q{q}.vcd").write_bytes(data)
+        return
+    results = []
+    files = sorted(work.glob("*.vcd"))
+    for threads, sparse, cl in ([(2, True, None)] if a.quick else LOCAL):
+        torch.set_num_threads(threads)
+        with sparse_execution(m, sparse, channels_last=cl):
+            for f in files:
+                enc, tag, *_ = f.name.split(".")
+                if tag == "u" and (threads, sparse, cl) != LOCAL[-1] and not a.quick:
+                    continue  # unguarded files: one decoder configuration is enough
+                row = {"file": f.name, "decoder": a.name, "threads": threads,
+                       "sparse": sparse, "channels_last": cl}
+                try:
+                    with torch.inference_mode():
+                        image, _ = decode_image(f.read_bytes(), m)
+                    px = np.asarray(image)
+                    np.save(work / f"{f.stem}.{a.name}.{threads}{int(sparse)}{int(bool(cl))}.npy",
+                            px)
+                    row["status"] = "ok"
+                    row["crc"] = zlib.crc32(px.tobytes())
+                except DesyncError:
+                    row["status"] = "desync detected"
+                results.append(row)
+    (work / f"result.{a.name}.json").write_text(json.dumps(results))
+
+
+def _encode(encode_image, m, p, q, kw) -> bytes:
+    if not kw:
+        return encode_image(p, m, quality=q, compute_psnr=False).data
+    orig = m.compress
+    m.compress = lambda x, lmbda=None: orig(x, lmbda, **kw)
+    try:
+        return encode_image(p, m, quality=q, compute_psnr=False).data
+    finally:
+        del m.compress
+
+
+def cmd_matrix(a: argparse.Namespace) -> None:
+    isas = a.isas or list(ISAS)
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [sys.executable, __file__, "worker", "--images", a.images, "--work", tmp,
+                  "--qualities", *map(str, a.qualities)]
+        common += ["--names", *a.names] if a.names else []
+        common += ["--limit", str(a.limit)] if a.limit else []
+        common += ["--model", a.model] if a.model else []
+        for isa in isas:
+            env = {**os.environ, **ISAS[isa]}
+            t0 = time.perf_counter()
+            subprocess.run(common + ["--name", isa, "--encode"]
+                           + (["--unguarded"] if a.unguarded else []), env=env, check=True)
+            print(f"encoded with {isa}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for isa in isas:
+            env = {**os.environ, **ISAS[isa]}
+            t0 = time.perf_counter()
+            subprocess.run(common + ["--name", isa] + (["--quick"] if a.quick else []),
+                           env=env, check=True)
+            print(f"decoded with {isa}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        rows = [r for isa in isas
+                for r in json.loads((Path(tmp) / f"result.{isa}.json").read_text())]
+        # reference: each file decoded by the process that wrote it, 2 threads, sparse
+        ref_cfg = (2, True, None if a.quick else True)
+        ref = {r["file"]: r for r in rows if r["decoder"] == r["file"].split(".")[0]
+               and (r["threads"], r["sparse"], r["channels_last"]) == ref_cfg}
+        work = Path(tmp)
+        for r in rows:
+            if r["status"] != "ok":
+                continue
+            f = r["file"]
+            stem = f.removesuffix(".vcd")
+            mine = np.load(work / f"{stem}.{r['decoder']}.{r['threads']}{int(r['sparse'])}"
+                                  f"{int(bool(r['channels_last']))}.npy").astype(int)
+            rr = ref.get(f)
+            if rr is not None and rr["status"] == "ok":
+                theirs = np.load(work / f"{stem}.{rr['decoder']}.21"
+                                        f"{int(bool(rr['channels_last']))}.npy").astype(int)
+                d = np.abs(mine - theirs)
+                r["max_diff"] = int(d.max())
+                r["pixels_differing_pct"] = float(100 * (d.max(axis=-1) > 0).mean())
+                mse = float((d.astype(float) ** 2).mean())
+                r["psnr_vs_reference_db"] = (float("inf") if mse == 0
+                                             else 10 * np.log10(255**2 / mse))
+    guarded = [r for r in rows if r["file"].split(".")[1] == "g"]
+    unguarded = [r for r in rows if r["file"].split(".")[1] == "u"]
+    summary = {
+        "guarded_decodes": len(guarded),
+        "guarded_desyncs": sum(r["status"] != "ok" for r in guarded),
+        "guarded_max_pixel_diff": max((r.get("max_diff", 0) for r in guarded), default=None),
+        "guarded_min_psnr_vs_reference_db": min((r.get("psnr_vs_reference_db", float("inf"))
+                                                 for r in guarded), default=None),
+        "unguarded_decodes": len(unguarded),
+        "unguarded_desyncs_detected": sum(r["status"] != "ok" for r in unguarded),
+        "unguarded_desync_files": sorted({f"{r['file']} by {r['decoder']}" for r in unguarded
+                                          if r["status"] != "ok"}),
+    }
+    _emit({"isas": isas, "local_configs": LOCAL, "summary": summary, "rows": rows}, a.output)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("rate", "time", "matrix", "worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--images", default=str(Path(__file__).resolve().parents[2]
+                                               / "shared" / "data" / "kodak"))
+        p.add_argument("--names", nargs="*")
+        p.add_argument("--limit", type=int)
+        p.add_argument("--qualities", type=float, nargs="+", default=[1, 4, 8])
+        p.add_argument("--model")
+        p.add_argument("-o", "--output")
+        p.set_defaults(func={"rate": cmd_rate, "time": cmd_time, "matrix": cmd_matrix,
+                             "worker": cmd_worker}[name])
+        if name == "time":
+            p.add_argument("--threads", type=int, default=2)
+            p.add_argument("--repeats", type=int, default=3)
+        if name in ("matrix", "worker"):
+            p.add_argument("--unguarded", action="store_true")
+            p.add_argument("--quick", action="store_true", help="one decoder configuration")
+        if name == "matrix":
+            p.add_argument("--isas", nargs="*", choices=list(ISAS))
+        if name == "worker":
+            p.add_argument("--work", required=True)
+            p.add_argument("--name", required=True)
+            p.add_argument("--encode", action="store_true")
+    a = ap.parse_args(argv)
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
