@@ -359,3 +359,21 @@ def test_ctrl_c_anywhere_is_one_line(capsys, monkeypatch):
             rc = main(["models"])
         out, err = capsys.readouterr()
         assert rc == 130 and err == "varicodec: interrupted\n" and out == ""
+
+
+def test_eval_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    import varicodec.progress as progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    data = tmp_path / "set"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(rgb(64, 64, seed=i)).save(data / f"im{i}.png")
+    rc, _, err = run(capsys, "eval", "--codec", "jpeg", "--sweep", "50,90", data,
+                     "-o", tmp_path / "j.json")
+    assert rc == 0, err
+    lines = [li for li in err.splitlines() if "img/s" in li]
+    assert lines and lines[-1].split(": ")[1].startswith("4/4 img"), err
+    rc, _, err = run(capsys, "eval", "--codec", "jpeg", "--sweep", "50", data,
+                     "-o", tmp_path / "j.json", "--force", "--quiet")
+    assert rc == 0 and "img/s" not in err
