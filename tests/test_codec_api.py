@@ -175,3 +175,116 @@ def test_decode_limits(models):
     tall = encode(smooth(200, 1), models["vr"], quality=2)  # 200 pixels, padded to 64×256
     with pytest.raises(FormatError, match="pads to 64×256"):
         decode(tall, models["vr"], max_pixels=5000)
+
+
+# ------------------------------------------------------------------ issue 13
+def test_load_model_by_registry_name(tmp_path, monkeypatch):
+    from varicodec import load_model
+
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    path = save_model(tiny_model("hyperprior-bm", 0), tmp_path / "hyperprior-bm.safetensors")
+    m = load_model("hyperprior-bm")
+    assert m.name == "hyperprior-bm" and m.source == str(path)
+    with pytest.raises(FileNotFoundError, match="give the registry name 'hyperprior-bm'"):
+        load_model("hyperprior-bm.safetensors")  # not in the working folder
+    with pytest.raises(FileNotFoundError, match="no bundled weights for model 'joint-ecg'"):
+        load_model("joint-ecg")
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_strict_rate_target(models):
+    from varicodec.codec.rate_control import RateTargetError
+
+    with pytest.raises(RateTargetError, match="target missed"):
+        encode_image(smooth(64, 64), models["vr"], bpp=100, strict=True)
+    r = encode_image(smooth(64, 64), models["vr"], bpp=100)
+    assert not r.rate_control.converged and r.rate_control.as_dict()["converged"] is False
+    for bad in (-1, 0, 1, 2, float("nan")):
+        with pytest.raises(ValueError, match="tolerance"):
+            encode_image(smooth(8, 8), models["vr"], bpp=0.5, tolerance=bad)
+    with pytest.raises(ValueError, match="bpp or psnr target only"):
+        encode_image(smooth(8, 8), models["vr"], quality=3, tolerance=0.1)
+
+
+def test_tiled_roundtrip_every_mode(models):
+    rgb = smooth(150, 130)
+    alpha = (np.arange(150 * 130) % 251).reshape(150, 130).astype(np.uint8)
+    cases = {"RGB": rgb, "L": rgb[..., 0], "RGBA": np.dstack([rgb, alpha]),
+             "LA": np.dstack([rgb[..., 0], alpha])}
+    for mode, arr in cases.items():
+        r = encode_image(Image.fromarray(arr, mode), models["vr"], quality=5, tile=64)
+        img, f = decode_image(r.data, models["vr"])
+        assert img.mode == mode and img.size == (130, 150)
+        assert type(f).__name__ == "TiledFile" and len(f.tiles) == 9  # 3 × 3 tiles of 64
+        if mode.endswith("A"):
+            assert np.array_equal(np.asarray(img)[..., -1], alpha)  # alpha stays lossless
+        d = info(r.data, models["vr"])
+        assert d["tiles"] == {"count": 9, "tile": 64, "margin": 32} and d["mode"] == mode
+        assert d["bytes"] == len(r.data) and abs(d["lmbda"] - r.lmbda) < 1e-12
+    # the reported PSNR is that of what decode returns
+    r = encode_image(rgb, models["vr"], quality=5, tile=64)
+    out = np.asarray(decode(r.data, models["vr"]))
+    mse = np.mean((out.astype(float) - rgb) ** 2)
+    assert abs(10 * np.log10(255**2 / mse) - r.psnr_db) < 1e-9
+
+
+def test_tiles_are_independent_images(models):
+    """Each core is what coding its widened rectangle on its own gives, bit for bit."""
+    from varicodec.codec.tiles import tile_grid
+
+    rgb = smooth(150, 130)
+    r = encode_image(rgb, models["vr"], quality=5, tile=64, tile_margin=16)
+    whole = np.asarray(decode(r.data, models["vr"]))
+    for t in tile_grid(130, 150, 64, 16):
+        (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = t.coded, t.core
+        alone = encode(rgb[y0:y1, x0:x1], models["vr"], lmbda=r.lmbda)
+        part = np.asarray(decode(alone, models["vr"]))
+        oy, ox = t.offset
+        assert np.array_equal(part[oy:oy + cy1 - cy0, ox:ox + cx1 - cx0], whole[cy0:cy1, cx0:cx1])
+
+
+def test_tile_choice_and_errors(models):
+    from varicodec.codec.tiles import AUTO_TILE_PIXELS, DEFAULT_TILE, choose_tile
+
+    assert choose_tile(2048, 2048, "auto") is None  # 4 Mpx: one piece, bytes as before
+    assert choose_tile(2048, 2049, "auto") == DEFAULT_TILE == 1024
+    assert 2048 * 2048 == AUTO_TILE_PIXELS
+    assert choose_tile(100, 100, 128) is None and choose_tile(100, 200, 128) == 128
+    assert choose_tile(9000, 9000, 0) is None
+    small = smooth(40, 60)
+    assert encode(small, models["vr"], quality=3) == \
+        encode_image(small, models["vr"], quality=3, tile=0).data
+    for bad in (100, 32, -64, "big"):
+        with pytest.raises(ValueError, match="tile size"):
+            encode_image(small, models["vr"], quality=3, tile=bad)
+    with pytest.raises(ValueError, match="margin"):
+        encode_image(small, models["vr"], quality=3, tile=64, tile_margin=256)
+
+
+def test_damaged_tiled_files(models):
+    import struct
+    import zlib
+
+    from varicodec.codec.tiles import TiledFile
+
+    data = encode_image(smooth(100, 100), models["vr"], quality=3, tile=64).data
+
+    def recrc(b):
+        return b[:-4] + struct.pack(">I", zlib.crc32(b[:-4]))
+
+    with pytest.raises(FormatError, match="CRC-32"):
+        decode(data[:-20] + bytes([data[-20] ^ 1]) + data[-19:], models["vr"])
+    with pytest.raises(FormatError, match="truncated"):
+        decode(data[: len(data) // 2], models["vr"])
+    f = TiledFile.unpack(data)
+    swapped = TiledFile(**{**f.__dict__, "tiles": [f.tiles[1], f.tiles[0]] + f.tiles[2:]})
+    with pytest.raises(FormatError, match="does not match"):  # tiles of other sizes
+        decode(swapped.pack(), models["vr"])
+    fewer = recrc(data[:23] + bytes([3]) + data[24:])  # count: after λ code, tile, margin
+    with pytest.raises(FormatError, match="tiles for a 100×100"):
+        decode(fewer, models["vr"])
+    other = encode(smooth(100, 100), models["other"], quality=3)
+    with pytest.raises(ModelMismatchError):
+        decode(data, models["other"])
+    assert other  # the other weights code fine on their own

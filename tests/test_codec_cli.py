@@ -377,3 +377,25 @@ def test_eval_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     rc, _, err = run(capsys, "eval", "--codec", "jpeg", "--sweep", "50", data,
                      "-o", tmp_path / "j.json", "--force", "--quiet")
     assert rc == 0 and "img/s" not in err
+
+
+def test_tiled_files_from_the_command_line(models, tmp_path, capsys):
+    import json
+
+    Image.fromarray(rgb(150, 130)).save(tmp_path / "a.png")
+    m = ("--model", models["vr"])
+    rc, out, err = run(capsys, "encode", tmp_path / "a.png", "--tile", 64, "--json", *m)
+    assert rc == 0, err
+    assert json.loads(out)["bytes"] == (tmp_path / "a.vcd").stat().st_size
+    rc, out, _ = run(capsys, "info", tmp_path / "a.vcd", "--json")
+    assert rc == 0 and json.loads(out)["tiles"]["count"] == 9
+    rc, out, _ = run(capsys, "info", tmp_path / "a.vcd")
+    assert "count 9, tile 64, margin 32" in out
+    assert run(capsys, "decode", tmp_path / "a.vcd", *m)[0] == 0
+    assert Image.open(tmp_path / "a.vcd.png").size == (130, 150)
+    expect_error(capsys, tmp_path, "tile size", "encode", tmp_path / "a.png", "-o",
+                 tmp_path / "b.vcd", "--tile", 100, *m)
+    with pytest.raises(SystemExit) as e:  # a usage error, from argparse: one line too
+        main(["encode", str(tmp_path / "a.png"), "--tile", "big"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--tile" in err

@@ -33,10 +33,11 @@ from ..imageio import (
 from ..metrics import psnr_db
 from ..models import VaricodecModel
 from ..quality import quality_to_lmbda
-from .format import Container
+from .format import FORMAT_VERSION, Container
 from .header import info
 from .pretrained import ModelSpec, bundled_path, fingerprint, resolve_model
 from .rate_control import RateControlReport, RateTargetError, check_tolerance, search_lmbda_code
+from .tiles import DEFAULT_MARGIN, Tile, TiledFile, choose_tile, is_tiled, tile_grid
 
 __all__ = ["DEFAULT_QUALITY", "EncodeResult", "decode", "decode_image", "encode",
            "encode_image", "info"]
@@ -208,6 +209,8 @@ def encode_image(
     compute_psnr: bool = True,
     max_pixels: int = MAX_PIXELS,
     strict: bool = False,
+    tile: int | str | None = "auto",
+    tile_margin: int = DEFAULT_MARGIN,
 ) -> EncodeResult:
     """Encode ``image`` and report rate, distortion and rate control.
 
@@ -219,20 +222,32 @@ def encode_image(
     in dB, > 0 (default 0.1). A target out of reach gives the closest result
     and ``rate_control.converged = False``; with ``strict`` it raises
     :class:`RateTargetError` instead.
+    ``tile``: ``"auto"`` codes images over 4 Mpx as independent 1024² tiles with
+    32-pixel margins (bounded memory, :mod:`.tiles`), ``0``/``None`` never
+    tiles, a multiple of 64 sets the tile side; ``tile_margin`` (0..255 pixels)
+    the context each tile is coded with.
     """
     t0 = time.perf_counter()
     _check_rate_options(lmbda, quality, bpp, psnr, tolerance)
+    choose_tile(64, 64, tile)  # validate before reading the image
+    if not 0 <= tile_margin <= 255:
+        raise ValueError(f"tile margin must be 0..255 pixels, got {tile_margin}")
     src = open_image(image, max_pixels)
     m = resolve_model(model)
+    if (bpp is not None or psnr is not None) and not m.variable_rate:
+        raise ValueError(
+            f"rate control (bpp/psnr targets) needs a variable-rate model; "
+            f"{m.name} is fixed-rate"
+        )
+    side = choose_tile(src.width, src.height, tile)
+    if side is not None:
+        return _encode_tiled(m, src, side, tile_margin, lmbda=lmbda, quality=quality, bpp=bpp,
+                             psnr=psnr, tolerance=tolerance, strict=strict,
+                             compute_psnr=compute_psnr, t0=t0)
     coder = _Coder(m, src)
     report = None
     with torch.inference_mode():
         if bpp is not None or psnr is not None:
-            if not m.variable_rate:
-                raise ValueError(
-                    f"rate control (bpp/psnr targets) needs a variable-rate model; "
-                    f"{m.name} is fixed-rate"
-                )
             assert m.lmbda_range is not None
             kind, target = ("bpp", bpp) if bpp is not None else ("psnr", psnr)
             metric = coder.bpp if kind == "bpp" else coder.psnr
@@ -261,6 +276,87 @@ def encode_image(
         data=data, width=src.width, height=src.height, mode=src.mode, model=m.name, lmbda=lm,
         lmbda_code=container.lmbda_code, psnr_db=quality_db, seconds=time.perf_counter() - t0,
         overhead_bytes=container.overhead, rate_control=report,
+    )
+
+
+def _crop(src: SourceImage, rect: tuple[int, int, int, int]) -> SourceImage:
+    y0, y1, x0, x1 = rect
+    return SourceImage(rgb=src.rgb[y0:y1, x0:x1], gray=src.gray,
+                       alpha=None if src.alpha is None else src.alpha[y0:y1, x0:x1])
+
+
+def _core(t: Tile, a: np.ndarray) -> np.ndarray:
+    """The core of tile ``t`` out of its coded rectangle ``a`` (rows × columns × …)."""
+    oy, ox = t.offset
+    return a[oy:oy + t.core[1] - t.core[0], ox:ox + t.core[3] - t.core[2]]
+
+
+class _TiledCoder:
+    """One image cut into tiles (:mod:`.tiles`); each tile a :class:`_Coder` in turn."""
+
+    def __init__(self, model: VaricodecModel, src: SourceImage, side: int, margin: int) -> None:
+        self.model, self.src, self.side, self.margin = model, src, side, margin
+        self.grid = tile_grid(src.width, src.height, side, margin)
+
+    def code(self, lmbda: float | None = None, code: int | None = None) -> TiledFile:
+        # one tile's tensors at a time: that is the point of tiling
+        tiles = [_Coder(self.model, _crop(self.src, t.coded)).code(lmbda, code).pack()
+                 for t in self.grid]
+        m = self.model
+        return TiledFile(version=FORMAT_VERSION, model_name=m.name, fingerprint=fingerprint(m),
+                         width=self.src.width, height=self.src.height, gray=self.src.gray,
+                         alpha=self.src.alpha is not None,
+                         lmbda_code=Container.unpack(tiles[0]).lmbda_code, tile=self.side,
+                         margin=self.margin, tiles=tiles)
+
+    def bpp(self, f: TiledFile) -> float:
+        return len(f.pack()) * 8 / (self.src.width * self.src.height)
+
+    def psnr(self, f: TiledFile) -> float:
+        """PSNR over the whole image, from each core's squared error."""
+        sse = 0.0
+        for t, data in zip(self.grid, f.tiles):
+            c = Container.unpack(data)
+            decoded = np.asarray(to_pil(_core(t, _reconstruct(self.model, c)), gray=c.gray))
+            reference = _core(t, self.src.pixels()[t.coded[0]:t.coded[1], t.coded[2]:t.coded[3]])
+            db = psnr_db(reference, decoded)
+            sse += 0.0 if math.isinf(db) else reference.size * 255.0**2 / 10 ** (db / 10)
+        mse = sse / self.src.pixels().size
+        return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _encode_tiled(m: VaricodecModel, src: SourceImage, side: int, margin: int, *, lmbda,
+                  quality, bpp, psnr, tolerance, strict: bool, compute_psnr: bool,
+                  t0: float) -> EncodeResult:
+    coder = _TiledCoder(m, src, side, margin)
+    report = None
+    with torch.inference_mode():
+        if bpp is not None or psnr is not None:
+            assert m.lmbda_range is not None
+            kind, target = ("bpp", bpp) if bpp is not None else ("psnr", psnr)
+            metric = coder.bpp if kind == "bpp" else coder.psnr
+            coded: dict[int, TiledFile] = {}
+
+            def measure(code: int) -> float:  # every trial codes every tile again
+                coded[code] = coder.code(code=code)
+                return metric(coded[code])
+
+            report = search_lmbda_code(measure, kind, float(target), m.lmbda_range, tolerance)
+            if strict and not report.converged:
+                raise RateTargetError(report)
+            f = coded[report.code]
+        else:
+            f = coder.code(_choose_lmbda(m, lmbda, quality))
+        quality_db = None
+        if report is not None and report.kind == "psnr":
+            quality_db = report.achieved
+        elif compute_psnr:
+            quality_db = coder.psnr(f)
+    lm = m.lmbda if f.lmbda_code is None else m.lmbda_range.decode(f.lmbda_code)
+    return EncodeResult(
+        data=f.pack(), width=src.width, height=src.height, mode=src.mode, model=m.name,
+        lmbda=lm, lmbda_code=f.lmbda_code, psnr_db=quality_db,
+        seconds=time.perf_counter() - t0, overhead_bytes=f.overhead, rate_control=report,
     )
 
 
@@ -309,11 +405,7 @@ def _model_for(c: Container, model: ModelSpec) -> VaricodecModel:
     return m
 
 
-def decode_image(data: bytes, model: ModelSpec = None, *,
-                 max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, Container]:
-    """:func:`decode`, also returning the parsed container."""
-    c = Container.unpack(data, max_pixels)
-    m = _model_for(c, model)
+def _check_padded(m: VaricodecModel, c: Container, max_pixels: int) -> None:
     zh, zw = _z_shape(m, c.width, c.height)
     f = m.downsampling_factor
     if zh * zw * f * f > max_pixels:  # what the model processes: the padded image
@@ -321,9 +413,41 @@ def decode_image(data: bytes, model: ModelSpec = None, *,
             f"image size {c.width}×{c.height} pads to {zw * f}×{zh * f} pixels, over the "
             f"limit of {max_pixels}"
         )
+
+
+def decode_image(data: bytes, model: ModelSpec = None, *,
+                 max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, Container | TiledFile]:
+    """:func:`decode`, also returning the parsed container (a :class:`TiledFile` if tiled)."""
+    if is_tiled(data):
+        return _decode_tiled(TiledFile.unpack(data, max_pixels), model, max_pixels)
+    c = Container.unpack(data, max_pixels)
+    m = _model_for(c, model)
+    _check_padded(m, c, max_pixels)
     with torch.inference_mode():
         rgb = _reconstruct(m, c)
     return to_pil(rgb, gray=c.gray, alpha=_unpack_alpha(c.alpha, c.width, c.height)), c
+
+
+def _decode_tiled(f: TiledFile, model: ModelSpec,
+                  max_pixels: int) -> tuple[Image.Image, TiledFile]:
+    """Decode tile by tile into one image; every tile must match the outer header."""
+    m = _model_for(f, model)
+    rgb = np.empty((f.height, f.width, 3), np.uint8)
+    alpha = np.empty((f.height, f.width), np.uint8) if f.alpha else None
+    with torch.inference_mode():
+        for i, (t, data) in enumerate(zip(f.grid(), f.tiles)):
+            c = Container.unpack(data, max_pixels)
+            y0, y1, x0, x1 = t.coded
+            if ((c.model_name, c.fingerprint, c.lmbda_code, c.gray, c.alpha is not None)
+                    != (f.model_name, f.fingerprint, f.lmbda_code, f.gray, f.alpha)
+                    or (c.width, c.height) != (x1 - x0, y1 - y0)):
+                raise FormatError(f"corrupted file (tile {i} does not match the header)")
+            _check_padded(m, c, max_pixels)
+            cy0, cy1, cx0, cx1 = t.core
+            rgb[cy0:cy1, cx0:cx1] = _core(t, _reconstruct(m, c))
+            if alpha is not None:
+                alpha[cy0:cy1, cx0:cx1] = _core(t, _unpack_alpha(c.alpha, c.width, c.height))
+    return to_pil(rgb, gray=f.gray, alpha=alpha), f
 
 
 def decode(data: bytes, model: ModelSpec = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("--tolerance", type=float,
                      help="rate-control tolerance: relative for --bpp, in (0, 1) (default "
                      "0.02), dB for --psnr, > 0 (default 0.1)")
+    enc.add_argument("--tile", default="auto", type=_tile_arg,
+                     help="code as independent tiles of this side (a multiple of 64) for "
+                     "bounded memory; 0: never; auto (default): 1024 above 4 megapixels")
     enc.add_argument("--strict", action="store_true",
                      help="a --bpp/--psnr target missed by more than the tolerance is an error: "
                      "no file, exit 3 (default: write the closest result and warn on stderr)")
@@ -81,6 +84,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     inf.add_argument("--model", help="weights whose lambda range turns the code into lambda")
     inf.add_argument("--json", action="store_true", help="print JSON")
     inf.set_defaults(func=_cmd_info, fast_exit=True)
+
+
+def _tile_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto', 0 or a multiple of 64, not {text!r}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -190,7 +202,8 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = encode_image(src, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
-                         psnr=args.psnr, tolerance=args.tolerance, strict=args.strict)
+                         psnr=args.psnr, tolerance=args.tolerance, strict=args.strict,
+                         tile=args.tile)
     _warn_lines([w for w in caught
                  if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))],
                 src)
@@ -321,6 +334,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if isinstance(v, float):
             v = f"{v:.6g}"
         elif isinstance(v, dict):
-            v = ", ".join(f"{a} {b} B" for a, b in v.items())
+            unit = " B" if k == "streams" else ""
+            v = ", ".join(f"{a} {b}{unit}" for a, b in v.items())
         print(f"{k:<{width}}  {v}")
     return 0

@@ -11,6 +11,7 @@ import os
 from ..imageio import MAX_PIXELS
 from ..quality import lmbda_to_quality
 from .format import Container, lmbda_from_code
+from .tiles import TiledFile, is_tiled
 
 __all__ = ["info"]
 
@@ -25,7 +26,14 @@ def info(data: bytes, model=None) -> dict:
     """
     from .pretrained import lmbda_range_of
 
-    c = Container.unpack(data, MAX_PIXELS)
+    if is_tiled(data):
+        c: Container | TiledFile = TiledFile.unpack(data, MAX_PIXELS)
+        streams = c.stream_sizes()
+        side = bool(streams.get("side"))
+        overhead = len(data) - sum(streams.values())  # outer header and every tile's header
+    else:
+        c = Container.unpack(data, MAX_PIXELS)
+        streams, side, overhead = c.stream_sizes(), bool(c.side), c.overhead
     d = {
         "format_version": c.version,
         "model": c.model_name,
@@ -35,11 +43,13 @@ def info(data: bytes, model=None) -> dict:
         "mode": c.mode,
         "lmbda_code": c.lmbda_code,
         "bytes": len(data),
-        "overhead_bytes": c.overhead,
-        "streams": c.stream_sizes(),
-        "gate_side_stream": bool(c.side),
+        "overhead_bytes": overhead,
+        "streams": streams,
+        "gate_side_stream": side,
         "bpp": len(data) * 8 / c.pixels,
     }
+    if isinstance(c, TiledFile):
+        d["tiles"] = {"count": len(c.tiles), "tile": c.tile, "margin": c.margin}
     if c.lmbda_code is not None:
         if model is not None and not isinstance(model, (str, os.PathLike)):  # a model object
             r = model.lmbda_range
