@@ -8,7 +8,7 @@ the size (a synthetic picture when Kodak is absent), saved as PNG.
 
 **Seams.** Tiles are coded independently (``varicodec.codec.tiles``); what
 could show is a seam at tile borders. On Kodak images coded with small tiles
-(``--seam-tile``, default 256, so that a 768×512 image has 5 inner borders), the
+(``--seam-tile``, default 224: a 768×512 image has 5 inner borders), the
 PSNR of the pixels within ``--band`` pixels of an inner tile border is compared
 with the PSNR of all other pixels, for several margins and for the same image
 coded in one piece (where the same pixel bands are not special: that gap is
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from varicodec.codec.tiles import DEFAULT_TILE
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -88,7 +90,8 @@ def memory(sizes: list[int], untiled: list[int], threads: int | None) -> list[di
             w, h = SHAPES.get(mp, (int(math.sqrt(mp * 2**20)),) * 2)
             src = Path(tmp) / f"{mp}mp.png"
             Image.fromarray(picture(w, h)).save(src, compress_level=1)
-            for tile in (["auto"] + (["0"] if mp in untiled else [])):
+            modes = ["auto"] + (["0", str(DEFAULT_TILE)] if mp in untiled else [])
+            for tile in dict.fromkeys(modes):  # at ≤ 4 MP "auto" is one piece: compare both
                 vcd = Path(tmp) / f"{mp}mp-{tile}.vcd"
                 enc_s, enc_rss = _run(env_py + ["encode", str(src), "-o", str(vcd), "-f",
                                                 "--tile", tile])
@@ -162,15 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES_MP),
                     help="image sizes in megapixels (1, 4, 12, 64 have set shapes)")
     ap.add_argument("--untiled", type=int, nargs="*", default=[1, 4],
-                    help="sizes also coded in one piece (--tile 0); ~0.5 GiB per megapixel")
+                    help="sizes also coded in one piece (--tile 0) and in default tiles "
+                    "(--tile 992); one piece takes ~0.5 GiB per megapixel")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the children")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-seams", action="store_true")
     ap.add_argument("--seam-images", type=int, default=8)
-    ap.add_argument("--seam-tile", type=int, default=256)
+    ap.add_argument("--seam-tile", type=int, default=224)
     ap.add_argument("--band", type=int, default=4, help="pixels each side of a border")
-    ap.add_argument("--margins", type=int, nargs="+", default=[0, 16, 32])
-    ap.add_argument("--quality", type=float, default=4.0)
+    ap.add_argument("--margins", type=int, nargs="+", default=[0, 8, 16])
+    ap.add_argument("--qualities", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     result: dict = {"load_before": os.getloadavg()[0], "cpus": os.cpu_count()}
@@ -187,14 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['decode_rss_mib']:.0f} ({r['decode_mib_per_mp']:.0f}) | "
                   f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['bpp']:.3f} |")
     if not args.no_seams:
-        s = seams(args.seam_images, args.seam_tile, args.band, args.margins, args.quality)
-        result["seams"] = s
-        print(f"\nseams: {s['images']} Kodak images, {s['tile']}-px tiles, ±{s['band']} px "
-              f"bands, quality {s['quality']}\n\n| coding | border PSNR dB | interior PSNR dB "
-              "| gap dB | bytes vs one piece |\n|---|---|---|---|---|")
-        for r in s["rows"]:
-            print(f"| {r['config']} | {r['border_psnr_db']:.2f} | {r['interior_psnr_db']:.2f} | "
-                  f"{r['gap_db']:+.2f} | {100 * r['bytes_vs_one_piece']:+.1f} % |")
+        result["seams"] = []
+        print(f"\nseams: {args.seam_images} Kodak images, {args.seam_tile}-px tiles, "
+              f"±{args.band} px bands\n\n| quality | coding | border PSNR dB | interior PSNR dB "
+              "| gap dB | bytes vs one piece |\n|---|---|---|---|---|---|")
+        for q in args.qualities:
+            s = seams(args.seam_images, args.seam_tile, args.band, args.margins, q)
+            result["seams"].append(s)
+            for r in s["rows"]:
+                print(f"| {q:g} | {r['config']} | {r['border_psnr_db']:.2f} | "
+                      f"{r['interior_psnr_db']:.2f} | {r['gap_db']:+.2f} | "
+                      f"{100 * r['bytes_vs_one_piece']:+.1f} % |", flush=True)
     result["load_after"] = os.getloadavg()[0]
     print(f"\nload average {result['load_before']:.2f} before, {result['load_after']:.2f} after; "
           f"{result['cpus']} CPUs")

@@ -220,7 +220,7 @@ def test_tiled_roundtrip_every_mode(models):
         if mode.endswith("A"):
             assert np.array_equal(np.asarray(img)[..., -1], alpha)  # alpha stays lossless
         d = info(r.data, models["vr"])
-        assert d["tiles"] == {"count": 9, "tile": 64, "margin": 32} and d["mode"] == mode
+        assert d["tiles"] == {"count": 9, "tile": 64, "margin": 16} and d["mode"] == mode
         assert d["bytes"] == len(r.data) and abs(d["lmbda"] - r.lmbda) < 1e-12
     # the reported PSNR is that of what decode returns
     r = encode_image(rgb, models["vr"], quality=5, tile=64)
@@ -248,14 +248,15 @@ def test_tile_choice_and_errors(models):
     from varicodec.codec.tiles import AUTO_TILE_PIXELS, DEFAULT_TILE, choose_tile
 
     assert choose_tile(2048, 2048, "auto") is None  # 4 Mpx: one piece, bytes as before
-    assert choose_tile(2048, 2049, "auto") == DEFAULT_TILE == 1024
+    assert choose_tile(2048, 2049, "auto") == DEFAULT_TILE == 992
     assert 2048 * 2048 == AUTO_TILE_PIXELS
     assert choose_tile(100, 100, 128) is None and choose_tile(100, 200, 128) == 128
     assert choose_tile(9000, 9000, 0) is None
     small = smooth(40, 60)
     assert encode(small, models["vr"], quality=3) == \
         encode_image(small, models["vr"], quality=3, tile=0).data
-    for bad in (100, 32, -64, "big"):
+    assert choose_tile(100, 200, 100) == 100  # any side from 64 pixels
+    for bad in (63, 32, -64, "big"):
         with pytest.raises(ValueError, match="tile size"):
             encode_image(small, models["vr"], quality=3, tile=bad)
     with pytest.raises(ValueError, match="margin"):

@@ -390,11 +390,11 @@ def test_tiled_files_from_the_command_line(models, tmp_path, capsys):
     rc, out, _ = run(capsys, "info", tmp_path / "a.vcd", "--json")
     assert rc == 0 and json.loads(out)["tiles"]["count"] == 9
     rc, out, _ = run(capsys, "info", tmp_path / "a.vcd")
-    assert "count 9, tile 64, margin 32" in out
+    assert "count 9, tile 64, margin 16" in out
     assert run(capsys, "decode", tmp_path / "a.vcd", *m)[0] == 0
     assert Image.open(tmp_path / "a.vcd.png").size == (130, 150)
     expect_error(capsys, tmp_path, "tile size", "encode", tmp_path / "a.png", "-o",
-                 tmp_path / "b.vcd", "--tile", 100, *m)
+                 tmp_path / "b.vcd", "--tile", 32, *m)
     with pytest.raises(SystemExit) as e:  # a usage error, from argparse: one line too
         main(["encode", str(tmp_path / "a.png"), "--tile", "big"])
     err = capsys.readouterr().err

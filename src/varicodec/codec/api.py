@@ -222,9 +222,9 @@ def encode_image(
     in dB, > 0 (default 0.1). A target out of reach gives the closest result
     and ``rate_control.converged = False``; with ``strict`` it raises
     :class:`RateTargetError` instead.
-    ``tile``: ``"auto"`` codes images over 4 Mpx as independent 1024² tiles with
-    32-pixel margins (bounded memory, :mod:`.tiles`), ``0``/``None`` never
-    tiles, a multiple of 64 sets the tile side; ``tile_margin`` (0..255 pixels)
+    ``tile``: ``"auto"`` codes images over 4 Mpx as independent 992-pixel tiles
+    with 16-pixel margins (bounded memory, :mod:`.tiles`), ``0``/``None`` never
+    tiles, a number ≥ 64 sets the tile side; ``tile_margin`` (0..255 pixels)
     the context each tile is coded with.
     """
     t0 = time.perf_counter()

@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="rate-control tolerance: relative for --bpp, in (0, 1) (default "
                      "0.02), dB for --psnr, > 0 (default 0.1)")
     enc.add_argument("--tile", default="auto", type=_tile_arg,
-                     help="code as independent tiles of this side (a multiple of 64) for "
-                     "bounded memory; 0: never; auto (default): 1024 above 4 megapixels")
+                     help="code as independent tiles of this side in pixels (>= 64) for "
+                     "bounded memory; 0: never; auto (default): 992 above 4 megapixels")
     enc.add_argument("--strict", action="store_true",
                      help="a --bpp/--psnr target missed by more than the tolerance is an error: "
                      "no file, exit 3 (default: write the closest result and warn on stderr)")
@@ -92,7 +92,7 @@ def _tile_arg(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'auto', 0 or a multiple of 64, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"'auto', 0 or a size in pixels, not {text!r}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -44,9 +44,10 @@ __all__ = ["FLAG_TILED", "DEFAULT_TILE", "DEFAULT_MARGIN", "AUTO_TILE_PIXELS", "
            "is_tiled", "tile_grid", "choose_tile"]
 
 FLAG_TILED = 8
-#: tile side and margin used when tiling is on (pixels; the side a multiple of 64)
-DEFAULT_TILE = 1024
-DEFAULT_MARGIN = 32
+#: tile side and margin used when tiling is on (pixels): an inner tile is coded as
+#: 992 + 2·16 = 1024 pixels square, a multiple of the models' 64, so no padding is coded
+DEFAULT_TILE = 992
+DEFAULT_MARGIN = 16
 #: images with more pixels than this are tiled unless told otherwise (``tile="auto"``)
 AUTO_TILE_PIXELS = 4 * 1024 * 1024
 
@@ -77,18 +78,17 @@ def tile_grid(width: int, height: int, tile: int, margin: int) -> list[Tile]:
 
 
 def choose_tile(width: int, height: int, tile: int | str | None) -> int | None:
-    """The tile side to use: ``None`` (one piece) or a multiple of 64.
+    """The tile side to use: ``None`` (one piece) or a number of pixels ≥ 64.
 
     ``tile``: ``"auto"`` (tile images over :data:`AUTO_TILE_PIXELS` at
-    :data:`DEFAULT_TILE`), ``None`` or ``0`` (never), or a side in pixels.
+    :data:`DEFAULT_TILE`), ``None`` or ``0`` (never), or a side in pixels (≥ 64).
     """
     if tile == "auto":
         return DEFAULT_TILE if width * height > AUTO_TILE_PIXELS else None
     if tile is None or tile == 0:
         return None
-    if isinstance(tile, str) or tile < 64 or tile % 64 or tile > 65535:
-        raise ValueError(f"tile size must be 'auto', 0 or a multiple of 64 in "
-                         f"64..65472 pixels, got {tile}")
+    if isinstance(tile, str) or not 64 <= tile <= 65535:
+        raise ValueError(f"tile size must be 'auto', 0 or 64..65535 pixels, got {tile}")
     return int(tile) if width > tile or height > tile else None
 
 
@@ -173,7 +173,7 @@ class TiledFile:
             raise FormatError("file is truncated (inside the header)")
         tile, margin = struct.unpack_from(">HB", data, pos)
         pos += 3
-        if tile < 64 or tile % 64:
+        if tile < 64:
             raise FormatError(f"corrupted header (tile size {tile})")
         count, pos = read_varint(data, pos, end)
         expected = math.ceil(width / tile) * math.ceil(height / tile)
