@@ -119,6 +119,75 @@ def cmd_pack(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- slim (here)
+LIMIT_BYTES = 64 * 2**20
+SLIM_BEGIN, SLIM_END = "# gpu_queue slim: begin", "# gpu_queue slim: end"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def _git_files(*args: str) -> list[Path]:
+    return [ROOT / n for n in _git("ls-files", "-z", *args).split("\0") if n]
+
+
+def _exclude_without_slim(text: str) -> str:
+    if SLIM_BEGIN not in text:
+        return text
+    before, _, rest = text.partition(SLIM_BEGIN)
+    return before + rest.partition(SLIM_END + "\n")[2]
+
+
+def cmd_slim(a: argparse.Namespace) -> int:
+    """Take large files the pending jobs do not need out of what travels (undo: unslim).
+
+    The device call sends tracked and untracked-not-ignored files; large weights that
+    no pending job starts from are removed from the index (not from disk) and listed in
+    ``.git/info/exclude`` between two marker lines.
+    """
+    needed = {_weights_of(j.get("init", f"line:{j['line']}")).resolve()
+              for j in pending(load_plan()) if j.get("line") and j.get("init", True)}
+    tracked = _git_files()
+    candidates = tracked + _git_files("--others", "--exclude-standard")
+    folders = tuple(f"{d.strip('/')}/" for d in a.drop_dirs)
+    drop = sorted({str(f.relative_to(ROOT)) for f in candidates
+                   if f.is_file() and f.resolve() not in needed
+                   and (f.stat().st_size > a.min_mb * 1e6
+                        or str(f.relative_to(ROOT)).startswith(folders))})
+    tracked_names = {str(f.relative_to(ROOT)) for f in tracked}
+    if drop:
+        if any(d in tracked_names for d in drop):
+            _git("rm", "-q", "--cached", "--", *[d for d in drop if d in tracked_names])
+        exclude = ROOT / ".git/info/exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        text = _exclude_without_slim(exclude.read_text() if exclude.exists() else "")
+        exclude.write_text(text + "\n".join([SLIM_BEGIN, *(f"/{d}" for d in drop), SLIM_END])
+                           + "\n")
+    travelling = _git_files() + _git_files("--others", "--exclude-standard")
+    size = sum(f.stat().st_size for f in travelling if f.is_file())
+    size += sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
+    print(f"left out {len(drop)} large files; {size / 2**20:.1f} MiB would travel with .gpu "
+          f"(limit {LIMIT_BYTES / 2**20:.0f} MiB). After the call: "
+          "python scripts/gpu_queue.py unslim")
+    return 0 if size < LIMIT_BYTES else 1
+
+
+def cmd_unslim(a: argparse.Namespace) -> int:
+    """Undo ``slim``: the index back to HEAD's files, the marked exclusions removed."""
+    exclude = ROOT / ".git/info/exclude"
+    text = exclude.read_text() if exclude.exists() else ""
+    block = text.partition(SLIM_BEGIN)[2].partition(SLIM_END)[0]
+    paths = [line[1:] for line in block.splitlines() if line.startswith("/")]
+    if exclude.exists():
+        exclude.write_text(_exclude_without_slim(text))
+    if paths:  # only the paths slim took out: other staged changes stay staged
+        _git("reset", "-q", "--", *paths)
+    print("index and exclusions restored")
+    return 0
+
+
 # ---------------------------------------------------------------------- next (here)
 def cmd_next(a: argparse.Namespace) -> int:
     plan = load_plan()
@@ -165,10 +234,16 @@ def _install_wheels() -> None:
 def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> dict:
     line = job["line"]
     run_name = f"{job['id']}"
-    init = _weights_of(job.get("init", f"line:{line}"))
+    ref = job.get("init", f"line:{line}")
+    init = _weights_of(ref) if ref else None
+    if init is not None and not init.is_file():
+        if ref == f"line:{line}" and job.get("from_scratch_if_new"):
+            init = None   # a new line: its first window trains from scratch
+        else:
+            return {"id": job["id"], "line": line, "rc": f"no init weights at {init}"}
     cmd = [sys.executable, "-m", "varicodec", "train", "--config", str(ROOT / job["config"]),
-           "--name", run_name, "--out-dir", str(runs), "--init", str(init),
-           "--time-budget", f"{minutes:.3f}"]
+           "--name", run_name, "--out-dir", str(runs),
+           *(["--init", str(init)] if init else []), "--time-budget", f"{minutes:.3f}"]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     with open(logs / f"{job['id']}.stderr.txt", "w") as f:
@@ -313,6 +388,13 @@ def main() -> int:
     p.add_argument("--val-crop", type=int, default=256)
     p.set_defaults(func=cmd_pack)
     sub.add_parser("next", help="show the pending jobs").set_defaults(func=cmd_next)
+    sl = sub.add_parser("slim", help="leave out of the device call the large files the "
+                                     "pending jobs do not need (undo: unslim)")
+    sl.add_argument("--min-mb", type=float, default=1.0, help="files above this size")
+    sl.add_argument("--drop-dirs", nargs="*", default=["docs"],
+                    help="folders left out whole (default: docs)")
+    sl.set_defaults(func=cmd_slim)
+    sub.add_parser("unslim", help="undo slim").set_defaults(func=cmd_unslim)
     r = sub.add_parser("run", help="on the GPU machine: run pending jobs until the deadline")
     r.add_argument("--deadline", type=float, default=540, help="seconds for the whole run")
     r.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
