@@ -66,8 +66,11 @@ class _DeferredPackage(types.ModuleType):
         pending: list[ast.ImportFrom] = self.__dict__.get("_varicodec_pending", [])
         if attr.startswith("__") and attr != "__all__":
             raise AttributeError(attr)
-        # statements that bind ``attr`` by name, then star imports in order, then the rest
+        # statements that bind ``attr`` by name; else a submodule of that name (as
+        # `from compressai import ans` would import); else star imports, then the rest
         named = [n for n in pending if any((a.asname or a.name) == attr for a in n.names)]
+        if not named and attr != "__all__" and _is_submodule(f"{self.__name__}.{attr}"):
+            return importlib.import_module(f"{self.__name__}.{attr}")
         stars = [n for n in pending if n.names[0].name == "*"]
         for node in named + stars + list(pending):
             if node in pending:
@@ -88,6 +91,13 @@ class _DeferredPackage(types.ModuleType):
     def _run(self, node: ast.ImportFrom) -> None:
         code = compile(ast.Module(body=[node], type_ignores=[]), self.__file__, "exec")
         exec(code, self.__dict__)
+
+
+def _is_submodule(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _defer_package(name: str) -> None:
