@@ -197,7 +197,14 @@ def cmd_next(a: argparse.Namespace) -> int:
         return 0
     print("next GPU window runs, in order, as long as its deadline allows:")
     for j in jobs:
-        what = j.get("command") or f"train {j['line']} from {j.get('init', j['line'])}"
+        if j.get("command"):
+            what = j["command"]
+        else:
+            src = _weights_of(j.get("init", f"line:{j['line']}"))
+            start = (src.relative_to(ROOT) if src.is_file() and src.is_relative_to(ROOT)
+                     else "scratch (new line)" if j.get("from_scratch_if_new") else
+                     f"{src} (MISSING)")
+            what = f"train {j['line']} from {start}"
         print(f"  {j['id']}: {what} ({j.get('minutes', '?')} min)")
     return 0
 
