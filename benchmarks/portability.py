@@ -1,6 +1,9 @@
 """Decode anywhere (issue 14): cross-kernel matrix, rate and decode-time cost of the guard.
 
-Three measurements, each printing JSON (``-o`` writes it too)::
+Four measurements, each printing JSON (``-o`` writes it too)::
+
+    # how far h_s's scales move between kernel sets (same ẑ), and unguarded index flips
+    python benchmarks/portability.py noise --names kodim01 kodim05 kodim13 --qualities 1 4
 
     # the guard's rate: guard-stream bytes / file bytes, every image × quality
     python benchmarks/portability.py rate --images ../shared/data/kodak --qualities 1 2 3 4 5 6 7 8
@@ -106,34 +109,52 @@ def _margin() -> float:
 def cmd_time(a: argparse.Namespace) -> None:
     from varicodec.codec.api import _guarded, _z_shape, encode_image
     from varicodec.codec.format import Container
+    from varicodec.models.codec_model import _IndexGuard, _unpack_guard
 
     torch.set_num_threads(a.threads)
     m = _model(a.model)
     rows = []
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
+            # the baseline is what decoding did before the guard: a file coded without
+            # it (index_margin=0), no guard stream, no symbol check. (A guarded file
+            # decoded without its guard stream would desynchronise: not a baseline.)
             c = Container.unpack(encode_image(p, m, quality=q, compute_psnr=False).data)
+            u = Container.unpack(_encode(encode_image, m, p, q, {"index_margin": 0.0}))
             zh, zw = _z_shape(m, c.width, c.height)
-            base = [[_guarded(c.y, m.config["M"] * zh * zw * 16)], [c.z]]
-            base += [[c.side]] if m.gated else []
-            with_guard = base + [[c.guard]]
+            n_y = m.config["M"] * zh * zw * 16
+            with_guard = [[_guarded(c.y, n_y)], [c.z]] + ([[c.side]] if m.gated else [])
+            with_guard += [[c.guard]]
+            base = [[_guarded(u.y, n_y)], [u.z]] + ([[u.side]] if m.gated else [])
             times: dict[str, list[float]] = {"guard": [], "none": []}
             with torch.inference_mode():
                 m.decompress(with_guard, (zh, zw), c.lmbda_code)  # warm-up
-                for _ in range(a.repeats):
-                    for key, strings in (("guard", with_guard), ("none", base)):
+                for i in range(a.repeats):
+                    pairs = [("guard", with_guard), ("none", base)]
+                    for key, strings in (pairs if i % 2 else pairs[::-1]):
                         t0 = time.perf_counter()
                         m.decompress(strings, (zh, zw), c.lmbda_code)
                         times[key].append(time.perf_counter() - t0)
             g, n = float(np.median(times["guard"])), float(np.median(times["none"]))
+            # the guard's own decoder work, alone: parse the stream, CRC the symbols
+            per_item = m._latents_per_item((zh, zw))
+            t0 = time.perf_counter()
+            _unpack_guard(c.guard, per_item)
+            ig = _IndexGuard(m.net.gaussian_conditional)
+            ig.symbols = [torch.zeros(per_item, dtype=torch.int32)]
+            ig.checks(1)
+            work = time.perf_counter() - t0
             rows.append({"image": p.stem, "quality": q, "guard_s": g, "none_s": n,
-                         "overhead_pct": 100 * (g / n - 1)})
+                         "overhead_pct": 100 * (g / n - 1), "guard_work_s": work,
+                         "guard_work_pct": 100 * work / n})
             print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
     ov = [r["overhead_pct"] for r in rows]
     _emit({"model": m.name, "threads": a.threads, "repeats": a.repeats,
            "mean_overhead_pct": float(np.mean(ov)),
            "total_overhead_pct": 100 * (sum(r["guard_s"] for r in rows)
                                         / sum(r["none_s"] for r in rows) - 1),
+           "median_overhead_pct": float(np.median(ov)),
+           "max_guard_work_pct": max(r["guard_work_pct"] for r in rows),
            "rows": rows}, a.output)
 
 
@@ -252,10 +273,65 @@ def cmd_matrix(a: argparse.Namespace) -> None:
     _emit({"isas": isas, "local_configs": LOCAL, "summary": summary, "rows": rows}, a.output)
 
 
+# --------------------------------------------------------------------- noise
+def cmd_noise_worker(a: argparse.Namespace) -> None:
+    """Scales ``h_s(ẑ)`` of every saved ``z`` stream, with this process's kernels."""
+    from varicodec.codec.format import Container
+
+    m = _model(a.model)
+    torch.set_num_threads(2)
+    for f in sorted(Path(a.work).glob("*.vcd")):
+        c = Container.unpack(f.read_bytes())
+        f_ = m.downsampling_factor
+        shape = (-(-c.height // f_), -(-c.width // f_))
+        with torch.inference_mode():
+            z_hat = m.net.entropy_bottleneck.decompress([c.z], shape)
+            for g in m._hs_gates():
+                g.forced_mask = None
+            params = m.net.h_s(z_hat)
+        scales = params[:, : m.config["M"]] if m.arch != "hyperprior" else params
+        np.save(Path(a.work) / f"{f.stem}.{a.name}.npy", scales.double().numpy())
+
+
+def cmd_noise(a: argparse.Namespace) -> None:
+    """How far ``h_s``'s scales move between kernel sets, on the same ``ẑ``."""
+    from varicodec.codec.api import encode_image
+
+    m = _model(a.model)
+    table = m.net.gaussian_conditional.scale_table[:-1].double()
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in _images(a.images, a.names, a.limit):
+            for q in a.qualities:
+                data = encode_image(p, m, quality=q, compute_psnr=False).data
+                (Path(tmp) / f"{p.stem}.q{q}.vcd").write_bytes(data)
+        cmd = [sys.executable, __file__, "noise-worker", "--work", tmp]
+        cmd += ["--model", a.model] if a.model else []
+        for isa, env in ISAS.items():
+            subprocess.run(cmd + ["--name", isa], env={**os.environ, **env}, check=True)
+        rows = []
+        for f in sorted(Path(tmp).glob("*.vcd")):
+            ref = torch.from_numpy(np.load(Path(tmp) / f"{f.stem}.default.npy"))
+            k = (ref.float()[..., None] > table.float()).sum(-1)
+            dist = (ref[..., None] / table - 1).abs().amin(-1)
+            for isa in ISAS:
+                if isa == "default":
+                    continue
+                other = torch.from_numpy(np.load(Path(tmp) / f"{f.stem}.{isa}.npy"))
+                rel = (other - ref).abs() / ref.abs().clamp_min(float(table[0]))
+                k2 = (other.float()[..., None] > table.float()).sum(-1)
+                rows.append({"file": f.stem, "isa": isa, "max_rel_diff": float(rel.max()),
+                             "index_flips": int((k != k2).sum()), "latents": ref.numel(),
+                             "within_1e-5": int((dist < 1e-5).sum()),
+                             "within_1e-4": int((dist < 1e-4).sum())})
+    _emit({"model": m.name, "max_rel_diff": max(r["max_rel_diff"] for r in rows),
+           "index_flips_unguarded": sum(r["index_flips"] for r in rows),
+           "rows": rows}, a.output)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("rate", "time", "matrix", "worker"):
+    for name in ("rate", "time", "matrix", "worker", "noise", "noise-worker"):
         p = sub.add_parser(name)
         p.add_argument("--images", default=str(Path(__file__).resolve().parents[2]
                                                / "shared" / "data" / "kodak"))
@@ -265,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--model")
         p.add_argument("-o", "--output")
         p.set_defaults(func={"rate": cmd_rate, "time": cmd_time, "matrix": cmd_matrix,
-                             "worker": cmd_worker}[name])
+                             "worker": cmd_worker, "noise": cmd_noise,
+                             "noise-worker": cmd_noise_worker}[name])
         if name == "time":
             p.add_argument("--threads", type=int, default=2)
             p.add_argument("--repeats", type=int, default=3)
@@ -274,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--quick", action="store_true", help="one decoder configuration")
         if name == "matrix":
             p.add_argument("--isas", nargs="*", choices=list(ISAS))
-        if name == "worker":
+        if name in ("worker", "noise-worker"):
             p.add_argument("--work", required=True)
             p.add_argument("--name", required=True)
             p.add_argument("--encode", action="store_true")
