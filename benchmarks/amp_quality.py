@@ -30,11 +30,13 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=2e-4, help="from-scratch learning rate")
+    ap.add_argument("--amp", default="bf16", choices=["bf16", "bf16-inner"],
+                    help="the reduced-precision setting to compare with fp32")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as runs:
-        for amp in (None, "bf16"):
+        for amp in (None, a.amp):
             name = amp or "fp32"
             cfg = load_config(a.config, set_values={
                 "amp": amp, "time_budget_minutes": None, "steps": a.steps, "lr": a.lr,
@@ -54,12 +56,12 @@ def main() -> None:
             }
             print(f"{name}: validation R-D loss {results[name]['val_rd_loss']:.4f} "
                   f"({results[name]['wall_s']} s)", flush=True)
-    rel = results["bf16"]["val_rd_loss"] / results["fp32"]["val_rd_loss"] - 1
+    rel = results[a.amp]["val_rd_loss"] / results["fp32"]["val_rd_loss"] - 1
     out = {"command": "python benchmarks/amp_quality.py " + " ".join(sys.argv[1:]),
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-           "steps": a.steps, "results": results, "bf16_vs_fp32_relative": rel,
+           "steps": a.steps, "amp": a.amp, "results": results, "amp_vs_fp32_relative": rel,
            "within_1_percent": abs(rel) <= 0.01}
-    print(f"bf16 vs fp32 validation R-D loss: {100 * rel:+.2f} %")
+    print(f"{a.amp} vs fp32 validation R-D loss: {100 * rel:+.2f} %")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=2)

@@ -34,13 +34,21 @@ import torch
 
 from varicodec import RateDistortionLoss
 from varicodec.train import load_config
-from varicodec.train.loop import build_model, make_batches, sample_lmbda, train_step
+from varicodec.train.loop import (
+    apply_speedups,
+    build_model,
+    make_batches,
+    sample_lmbda,
+    train_step,
+)
 
 SETTINGS = {
     "old": dict(data_in_memory=False, amp=None, channels_last=False, fast=False),
     "memory": dict(data_in_memory=True, amp=None, channels_last=False, fast=True),
     "memory+bf16": dict(data_in_memory=True, amp="bf16", channels_last=False, fast=True),
     "memory+bf16+cl": dict(data_in_memory=True, amp="bf16", channels_last=True, fast=True),
+    "memory+bf16-inner+cl": dict(data_in_memory=True, amp="bf16-inner", channels_last=True,
+                                 fast=True),
     "memory+cl": dict(data_in_memory=True, amp=None, channels_last=True, fast=True),
     "memory+cl+compile": dict(data_in_memory=True, amp=None, channels_last=True, compile=True,
                               fast=True),
@@ -60,9 +68,7 @@ def measure(cfg, setting: dict, device: torch.device, warmup: int, seconds: floa
     cfg = dataclasses.replace(cfg, **{k: v for k, v in setting.items() if k != "fast"})
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None, compile=cfg.compile)
+    apply_speedups(model, cfg)
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     fused = fast and device.type == "cuda"

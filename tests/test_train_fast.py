@@ -176,3 +176,29 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
     assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-late"]
     card = json.loads((lines / "tiny-bm.safetensors.json").read_text())
     assert card["lineage"][-1]["run"] == "j-train"
+
+
+def test_autocast_with_float32_output_layers():
+    model = tiny("hyperprior-ecgbm").train()
+    x = torch.rand(2, 3, 64, 64)
+    lm = torch.tensor([0.002, 0.1])
+    seen = {}
+
+    def hook(name):
+        return lambda m, i, o: seen.__setitem__(name, o.dtype)
+
+    last = [m for m in model.net.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    first = [m for m in model.net.g_a.modules() if isinstance(m, torch.nn.Conv2d)][0]
+    last.register_forward_hook(hook("last"))
+    first.register_forward_hook(hook("first"))
+    model.set_autocast(torch.bfloat16)
+    model(x, lmbda=lm)
+    assert seen == {"first": torch.bfloat16, "last": torch.bfloat16}
+    model.set_autocast(torch.bfloat16, fp32_output_layers=True)
+    out = model(x, lmbda=lm)
+    assert seen == {"first": torch.bfloat16, "last": torch.float32}
+    assert out["x_hat"].dtype == torch.float32
+    model.set_autocast(None)
+    model(x, lmbda=lm)
+    assert seen == {"first": torch.float32, "last": torch.float32}
+    assert "forward" not in last.__dict__

@@ -44,7 +44,7 @@ class TrainConfig:
     workers: int = 2
     data_in_memory: bool = False         # decode the training set once; cut crops on the device
     # speed (GPU): bf16 transforms (entropy models stay float32), channels_last tensors
-    amp: str | None = None               # None or "bf16"
+    amp: str | None = None               # None, "bf16" or "bf16-inner" (output layers float32)
     channels_last: bool = False
     compile: bool = False                # torch.compile the transforms (GPU; minutes to build)
     # optimisation
@@ -96,6 +96,6 @@ def load_config(path: str | Path, set_values: dict | None = None, **overrides) -
     if unknown:
         raise ValueError(f"{path}: unknown recipe keys {unknown}")
     cfg = TrainConfig(**data)
-    if cfg.amp not in (None, "bf16"):
-        raise ValueError(f"{path}: amp must be bf16 or absent, got {cfg.amp!r}")
+    if cfg.amp not in (None, "bf16", "bf16-inner"):
+        raise ValueError(f"{path}: amp must be bf16, bf16-inner or absent, got {cfg.amp!r}")
     return cfg

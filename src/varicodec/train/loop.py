@@ -122,6 +122,14 @@ def _progress(cfg: TrainConfig, step: int, seconds: float) -> float:
     return done
 
 
+def apply_speedups(model: VaricodecModel, cfg: TrainConfig) -> None:
+    """The recipe's ``channels_last``, ``amp`` and ``compile`` on ``model``."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.set_autocast(torch.bfloat16 if cfg.amp else None, compile=cfg.compile,
+                       fp32_output_layers=cfg.amp == "bf16-inner")
+
+
 def train_step(net, model: VaricodecModel, criterion: RateDistortionLoss, opt, aux_opt,
                x: torch.Tensor, lmbda: torch.Tensor, clip_grad: float = 0.0):
     """One optimisation step: R-D loss, backward, clip, Adam; then the auxiliary step.
@@ -184,6 +192,7 @@ def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor]
              device: torch.device) -> dict:
     """Estimated and real bpp, PSNR and per-layer sparsity at a few λ."""
     was_training, amp, compiled = model.training, model.autocast_dtype, model.compiled
+    fp32_out = model.fp32_output_layers
     model.eval()
     model.set_autocast(None)  # validate in full precision, uncompiled
     if model.variable_rate:
@@ -218,7 +227,7 @@ def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor]
             "sparsity_per_layer": sp,
         })
     model.train(was_training)
-    model.set_autocast(amp, compile=compiled)
+    model.set_autocast(amp, compile=compiled, fp32_output_layers=fp32_out)
     return result
 
 
@@ -287,9 +296,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         if main_proc:
             print(f"resumed {run_dir} at step {step}", file=sys.stderr)
 
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.set_autocast(torch.bfloat16 if cfg.amp == "bf16" else None, compile=cfg.compile)
+    apply_speedups(model, cfg)
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
