@@ -130,6 +130,7 @@ class VaricodecModel(nn.Module):
         self.lmbda_range: LmbdaRange | None = None
         self.autocast_dtype: torch.dtype | None = None
         self.compiled = False
+        self.fp32_output_layers = False
         self._lmbda: Tensor | None = None
         self._y_hat: Tensor | None = None
         self.net.g_s.register_forward_pre_hook(self._capture_latent)
@@ -226,20 +227,30 @@ class VaricodecModel(nn.Module):
     #: the transforms that :meth:`set_autocast` runs in reduced precision
     TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
 
-    def set_autocast(self, dtype: torch.dtype | None, compile: bool = False) -> None:
+    def set_autocast(self, dtype: torch.dtype | None, compile: bool = False,
+                     fp32_output_layers: bool = False) -> None:
         """Training speed-ups on the transforms ``g_a``, ``h_a``, ``h_s``, ``g_s``.
 
         ``dtype`` (e.g. ``torch.bfloat16``) runs them under autocast, their outputs
         cast back to float32, so the bit-rate modulator, the quantiser, the entropy
         models and the likelihoods stay in float32 (so do the joint model's context
-        and entropy-parameter networks). ``compile`` wraps each in ``torch.compile``
-        (fuses GDN's and the gates' element-wise work). ``set_autocast(None)`` restores
-        the plain float32 modules.
+        and entropy-parameter networks). ``fp32_output_layers`` also keeps the last
+        convolution of each transform in float32, so that neither the latent that is
+        quantised nor the reconstruction in the loss is rounded to bf16's 8-bit
+        mantissa. ``compile`` wraps each transform in ``torch.compile`` (fuses GDN's
+        and the gates' element-wise work). ``set_autocast(None)`` restores the plain
+        float32 modules.
         """
         self.autocast_dtype, self.compiled = dtype, bool(compile)
+        self.fp32_output_layers = bool(fp32_output_layers)
         for name in self.TRANSFORMS:
             module = getattr(self.net, name)
             module.__dict__.pop("forward", None)       # back to the class's forward
+            last = [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+            if last:
+                last[-1].__dict__.pop("forward", None)
+                if dtype is not None and fp32_output_layers:
+                    last[-1].forward = _Float32Forward(last[-1].forward)
             forward = module.forward
             if dtype is not None:
                 forward = _AutocastForward(forward, dtype)
@@ -600,6 +611,17 @@ class _AutocastForward:
         with torch.autocast(x.device.type, dtype=self.dtype):
             out = self.forward(x)
         return out.float()
+
+
+class _Float32Forward:
+    """A layer's ``forward`` run in float32 inside an autocast region."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.forward(x.float())
 
 
 class _CachedLatent(nn.Module):
