@@ -16,7 +16,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["RandomCropFolder", "ResumableSampler", "list_images", "IMAGE_SUFFIXES"]
+__all__ = ["RandomCropFolder", "ResumableSampler", "list_images", "usable_images",
+           "report_images", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -27,6 +28,40 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def usable_images(folder: str | Path, crop: int, read) -> tuple[list, int, list[str]]:
+    """Read the images of ``folder`` that are at least ``crop`` px on each side.
+
+    ``read(path)`` returns ``(width, height)`` or an ``H×W×C`` array. Returns
+    ``([(path, read(path)), …], number too small, names unreadable)``; an empty
+    result is a ``ValueError``.
+    """
+    found, small, bad = [], 0, []
+    for p in list_images(folder):
+        try:
+            item = read(p)
+        except (OSError, UnidentifiedImageError, ValueError):
+            bad.append(p.name)
+            continue
+        w, h = item if isinstance(item, tuple) else (item.shape[1], item.shape[0])
+        if min(w, h) < crop:
+            small += 1
+            continue
+        found.append((p, item))
+    if not found:
+        raise ValueError(f"no usable training images in {folder} (crop {crop}px)")
+    return found, small, bad
+
+
+def report_images(folder, what: str, small: int, bad: list[str], crop: int) -> None:
+    """One line on stderr: how many images are used, how many skipped and why."""
+    msg = f"{folder}: {what}"
+    if small:
+        msg += f", {small} skipped (smaller than the {crop}px crop)"
+    if bad:
+        msg += f", {len(bad)} unreadable skipped: {', '.join(bad[:10])}"
+    print(msg, file=sys.stderr)
 
 
 class RandomCropFolder(Dataset):
@@ -40,30 +75,16 @@ class RandomCropFolder(Dataset):
                  scale: tuple[float, float] = (0.5, 1.0), verbose: bool = True) -> None:
         self.crop = int(crop)
         self.scale = (float(scale[0]), float(scale[1]))
-        self.files: list[Path] = []
-        self.sizes: list[tuple[int, int]] = []
-        small, bad = 0, []
-        for p in list_images(folder):
-            try:
-                with Image.open(p) as im:
-                    w, h = im.size
-            except (OSError, UnidentifiedImageError, ValueError):
-                bad.append(p.name)
-                continue
-            if min(w, h) < self.crop:
-                small += 1
-                continue
-            self.files.append(p)
-            self.sizes.append((w, h))
+
+        def size(p: Path) -> tuple[int, int]:
+            with Image.open(p) as im:
+                return im.size
+
+        found, small, bad = usable_images(folder, self.crop, size)
+        self.files = [p for p, _ in found]
+        self.sizes = [wh for _, wh in found]
         if verbose:
-            msg = f"{folder}: {len(self.files)} training images"
-            if small:
-                msg += f", {small} skipped (smaller than the {self.crop}px crop)"
-            if bad:
-                msg += f", {len(bad)} unreadable skipped: {', '.join(bad[:10])}"
-            print(msg, file=sys.stderr)
-        if not self.files:
-            raise ValueError(f"no usable training images in {folder} (crop {self.crop}px)")
+            report_images(folder, f"{len(found)} training images", small, bad, self.crop)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -15,15 +15,14 @@ resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .data import list_images
+from .data import report_images, usable_images
 
 __all__ = ["InMemoryCrops"]
 
@@ -48,29 +47,18 @@ class InMemoryCrops:
         self.scale = (float(scale[0]), float(scale[1]))
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.images: list[torch.Tensor] = []
-        small, bad = 0, []
-        for p in list_images(folder):
-            try:
-                with Image.open(p) as im:
-                    a = np.array(im.convert("RGB"), dtype=np.uint8)
-            except (OSError, UnidentifiedImageError, ValueError):
-                bad.append(p.name)
-                continue
-            if min(a.shape[:2]) < self.crop:
-                small += 1
-                continue
-            self.images.append(torch.from_numpy(a).permute(2, 0, 1).contiguous().to(self.device))
+
+        def decode(p: Path) -> np.ndarray:
+            with Image.open(p) as im:
+                return np.array(im.convert("RGB"), dtype=np.uint8)
+
+        found, small, bad = usable_images(folder, self.crop, decode)
+        self.images = [torch.from_numpy(a).permute(2, 0, 1).contiguous().to(self.device)
+                       for _, a in found]
         if verbose:
             mb = sum(t.numel() for t in self.images) / 1e6
-            msg = f"{folder}: {len(self.images)} training images in memory ({mb:.0f} MB)"
-            if small:
-                msg += f", {small} skipped (smaller than the {self.crop}px crop)"
-            if bad:
-                msg += f", {len(bad)} unreadable skipped: {', '.join(bad[:10])}"
-            print(msg, file=sys.stderr)
-        if not self.images:
-            raise ValueError(f"no usable training images in {folder} (crop {self.crop}px)")
+            report_images(folder, f"{len(found)} training images in memory ({mb:.0f} MB)",
+                          small, bad, self.crop)
 
     def __len__(self) -> int:
         return len(self.images)
