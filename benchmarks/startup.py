@@ -15,11 +15,16 @@ and after, since the machine may be shared. Three parts:
 * **first byte**: for ``encode`` and ``decode``, the time from spawn until the
   output file appears (outputs are moved into place whole, so this is the time
   to the first byte a reader can see).
-* **CPU s**: user + system CPU time of each command (``wait4``), the figure a
-  busy machine inflates least (torch may use two threads, so it can exceed wall).
+* **CPU s**: user + system CPU time of each command (``wait4``); torch may use
+  two threads, so it can exceed wall.
+* **phases** (``--phases``): inside one fresh process, the seconds spent importing
+  the coding stack, loading the bundled weights, a first encode without PSNR,
+  an encode with it, and a decode; and, separately, how long a process that
+  imported torch takes to exit normally against ``os._exit``.
 
     nice python benchmarks/startup.py                          # Kodak kodim01, 5 repeats
     python benchmarks/startup.py --image photo.png --repeats 9 --json startup.json
+    PYTHONPATH=/tmp/old/src python benchmarks/startup.py       # another checkout's code
 """
 
 from __future__ import annotations
@@ -79,6 +84,49 @@ def _wall(cmd: list[str], watch: Path | None = None) -> tuple[float, float | Non
     return wall, first, usage.ru_utime + usage.ru_stime
 
 
+PHASES = """
+import json, sys, time
+t0 = time.perf_counter()
+import varicodec.codec.api as api
+from varicodec.codec.pretrained import resolve_model
+t1 = time.perf_counter()
+m = resolve_model(None)
+t2 = time.perf_counter()
+r = api.encode_image(sys.argv[1], m, compute_psnr=False)
+t3 = time.perf_counter()
+r = api.encode_image(sys.argv[1], m)
+t4 = time.perf_counter()
+api.decode(r.data, m)
+t5 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "load weights": t2 - t1, "first encode (no PSNR)": t3 - t2,
+                  "encode with PSNR": t4 - t3, "decode": t5 - t4}))
+"""
+EXIT = "import torch, os, sys; print(1, flush=True){}"
+
+
+def _exit_time(fast: bool) -> float:
+    """Seconds between a torch process's last output and its exit."""
+    p = subprocess.Popen([sys.executable, "-c", EXIT.format("; os._exit(0)" if fast else "")],
+                         stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    p.stdout.readline()
+    t = time.perf_counter()
+    p.wait()
+    return time.perf_counter() - t
+
+
+def phases(image: Path, repeats: int) -> dict:
+    runs = []
+    for _ in range(repeats):
+        r = subprocess.run([sys.executable, "-c", PHASES, str(image)], capture_output=True,
+                           text=True, check=True)
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    out = {k: _median([r[k] for r in runs]) for k in runs[0]}
+    out["exit after import torch"] = _median([_exit_time(False) for _ in range(repeats)])
+    out["exit with os._exit"] = _median([_exit_time(True) for _ in range(repeats)])
+    return out
+
+
 def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -89,7 +137,11 @@ def run(image: Path, repeats: int = 5) -> dict:
                  "image": str(image), "load_before": _load(), "imports_s": {},
                  "commands_s": {}, "first_byte_s": {}, "commands_cpu_s": {}}
     for name, code in IMPORTS.items():
-        out["imports_s"][name] = _median([_wall([py, "-c", code])[0] for _ in range(repeats)])
+        try:
+            out["imports_s"][name] = _median([_wall([py, "-c", code])[0]
+                                              for _ in range(repeats)])
+        except RuntimeError:  # e.g. an older varicodec (PYTHONPATH) without the shim
+            out["imports_s"][name] = None
     with tempfile.TemporaryDirectory() as tmp:
         vcd, png = Path(tmp) / "out.vcd", Path(tmp) / "out.png"
         cli = [py, "-m", "varicodec"]
@@ -123,7 +175,8 @@ def _table(r: dict) -> str:
     lines = [f"python {r['python']}, {r['cpus']} CPUs, median of {r['repeats']} fresh processes, "
              f"load average {r['load_before']:.2f} before / {r['load_after']:.2f} after",
              "", "| import | seconds |", "|---|---|"]
-    lines += [f"| `{k}` | {v:.2f} |" for k, v in r["imports_s"].items()]
+    lines += [f"| `{k}` | {'n/a' if v is None else f'{v:.2f}'} |"
+              for k, v in r["imports_s"].items()]
     lines += ["", f"| command ({Path(r['image']).name}) | wall s | first byte s | CPU s |",
               "|---|---|---|---|"]
     for k, v in r["commands_s"].items():
@@ -138,12 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--phases", action="store_true",
+                    help="only the in-process phases of one encode/decode, and exit times")
     args = ap.parse_args(argv)
     if not args.image.is_file():
         print(f"startup.py: no image at {args.image} (use --image)", file=sys.stderr)
         return 2
-    r = run(args.image, args.repeats)
-    print(_table(r))
+    if args.phases:
+        load = _load()
+        r = {"load_before": load, "phases_s": phases(args.image, args.repeats),
+             "load_after": _load()}
+        print(f"median of {args.repeats}, load average {load:.2f} before / "
+              f"{r['load_after']:.2f} after\n\n| phase | seconds |\n|---|---|")
+        print("\n".join(f"| {k} | {v:.2f} |" for k, v in r["phases_s"].items()))
+    else:
+        r = run(args.image, args.repeats)
+        print(_table(r))
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n")
     return 0
