@@ -12,11 +12,11 @@ out of the imports that do.
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import TYPE_CHECKING
 
 from . import _compressai
+from ._lazy import lazy_exports
 
 # CompressAI 1.2.8 scripts a helper with torch.jit.script at import time, which
 # torch 2.14 flags as deprecated; the warning says nothing to our users.
@@ -61,14 +61,4 @@ if TYPE_CHECKING:
     from .quality import QUALITY_LMBDAS, quality_to_lmbda
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'varicodec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
