@@ -130,6 +130,30 @@ def read_varint(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]
     raise FormatError("corrupted header (length field too long)")
 
 
+
+def read_fixed_fields(data: bytes, end: int, known_flags: int, max_pixels: int):
+    """The fields every ``.vcd`` starts with, checked: flags, model, fingerprint, size and,
+    for variable-rate models, the λ code.
+
+    Returns ``(flags, model name, fingerprint, width, height, λ code or None, position
+    after them)``; ``end`` is where the header may reach (before the CRC).
+    """
+    _, _, flags, model_id, fp, width, height = _FIXED.unpack_from(data)
+    if flags & ~known_flags:
+        raise FormatError(f"corrupted header (unknown flags 0x{flags:02x})")
+    if model_id not in MODEL_NAMES:
+        raise FormatError(f"unknown model id {model_id} (corrupted, or from a newer varicodec)")
+    name = MODEL_NAMES[model_id]
+    check_size(width, height, max_pixels, FormatError)
+    pos = _FIXED.size
+    code = None
+    if is_variable_rate(name):
+        if pos + 2 > end:
+            raise FormatError("file is truncated (inside the header)")
+        (code,) = struct.unpack_from(">H", data, pos)
+        pos += 2
+    return flags, name, fp, width, height, code, pos
+
 @dataclass(frozen=True)
 class Container:
     """One image's header fields and payloads (see the module docstring).
@@ -243,20 +267,8 @@ class Container:
         end = len(data) - 4  # the CRC
         if end < _FIXED.size:
             raise FormatError("file is truncated (shorter than a .vcd header)")
-        _, _, flags, model_id, fp, width, height = _FIXED.unpack_from(data)
-        if flags & ~_KNOWN_FLAGS:
-            raise FormatError(f"corrupted header (unknown flags 0x{flags:02x})")
-        if model_id not in MODEL_NAMES:
-            raise FormatError(f"unknown model id {model_id} (corrupted, or from a newer varicodec)")
-        name = MODEL_NAMES[model_id]
-        check_size(width, height, max_pixels, FormatError)
-        pos = _FIXED.size
-        code = None
-        if is_variable_rate(name):
-            if pos + 2 > end:
-                raise FormatError("file is truncated (inside the header)")
-            (code,) = struct.unpack_from(">H", data, pos)
-            pos += 2
+        flags, name, fp, width, height, code, pos = read_fixed_fields(
+            data, end, _KNOWN_FLAGS, max_pixels)
         z_len, pos = read_varint(data, pos, end)
         side_len = 0
         if flags & FLAG_SIDE:

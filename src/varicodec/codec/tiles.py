@@ -26,16 +26,15 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from ..imageio import MAX_PIXELS, check_size
+from ..imageio import MAX_PIXELS
 from .format import (
     _FIXED,
     FLAG_ALPHA,
     FLAG_GRAY,
     MAGIC,
     MODEL_IDS,
-    MODEL_NAMES,
     READABLE_VERSIONS,
-    is_variable_rate,
+    read_fixed_fields,
     read_varint,
     write_varint,
 )
@@ -152,23 +151,12 @@ class TiledFile:
         end = len(data) - 4
         if end < _FIXED.size + 4 or not is_tiled(data):
             raise FormatError("file is truncated (shorter than a tiled .vcd header)")
-        _, version, flags, model_id, fp, width, height = _FIXED.unpack_from(data)
+        version = data[3]
         if version not in READABLE_VERSIONS or version < 2:
             raise FormatError(f"tiled file with format version {version} (needs 2 or newer "
                               f"than this varicodec reads)")
-        if flags & ~(FLAG_TILED | FLAG_GRAY | FLAG_ALPHA):
-            raise FormatError(f"corrupted header (unknown flags 0x{flags:02x})")
-        if model_id not in MODEL_NAMES:
-            raise FormatError(f"unknown model id {model_id} (corrupted, or from a newer varicodec)")
-        name = MODEL_NAMES[model_id]
-        check_size(width, height, max_pixels, FormatError)
-        pos = _FIXED.size
-        code = None
-        if is_variable_rate(name):
-            if pos + 2 > end:
-                raise FormatError("file is truncated (inside the header)")
-            (code,) = struct.unpack_from(">H", data, pos)
-            pos += 2
+        flags, name, fp, width, height, code, pos = read_fixed_fields(
+            data, end, FLAG_TILED | FLAG_GRAY | FLAG_ALPHA, max_pixels)
         if pos + 3 > end:
             raise FormatError("file is truncated (inside the header)")
         tile, margin = struct.unpack_from(">HB", data, pos)
