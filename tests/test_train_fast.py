@@ -202,3 +202,20 @@ def test_autocast_with_float32_output_layers():
     model(x, lmbda=lm)
     assert seen == {"first": torch.float32, "last": torch.float32}
     assert "forward" not in last.__dict__
+
+
+def test_train_progress_lines_in_a_log(tmp_path, images, capsys, monkeypatch):
+    import varicodec.progress as progress
+    from varicodec.cli import main
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    recipe = _tiny_recipe(tmp_path, images, steps=4, val_every=10**6)
+    assert main(["train", "--config", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("tiny-test: ") and "steps/s" in x]
+    assert lines and "/4 steps" in lines[-1] and "\r" not in err
+    recipe = _tiny_recipe(tmp_path, images, steps=10**6, val_every=10**6, name="timed")
+    assert main(["train", "--config", str(recipe), "--time-budget", "0.01"]) == 0
+    err = capsys.readouterr().err
+    assert any(x.startswith("timed: ") and "steps/s" in x and "ETA" not in x
+               for x in err.splitlines())

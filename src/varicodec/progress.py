@@ -35,14 +35,14 @@ def _duration(seconds: float) -> str:
 class LineProgress:
     """Plain progress lines on ``file``: done/total, rate, ETA, at most every ``interval`` s."""
 
-    def __init__(self, total: int, desc: str = "", unit: str = "it", *,
+    def __init__(self, total: int | None, desc: str = "", unit: str = "it", *,
                  file: IO[str] | None = None, interval: float | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, initial: int = 0) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.file = file if file is not None else sys.stderr
         self.interval = INTERVAL_S if interval is None else interval
         self.enabled = enabled
-        self.n = 0
+        self.n = self._initial = initial
         self.postfix = ""
         self._start = self._last = time.monotonic()
         self._closed = False
@@ -60,8 +60,11 @@ class LineProgress:
     def line(self, now: float | None = None) -> str:
         """The current progress line."""
         elapsed = (time.monotonic() if now is None else now) - self._start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
         head = f"{self.desc}: " if self.desc else ""
+        if self.total is None:   # open-ended (e.g. a time budget): count and rate only
+            text = f"{head}{self.n} {self.unit}, {rate:.2f} {self.unit}/s"
+            return text + (f"  {self.postfix}" if self.postfix else "")
         text = f"{head}{self.n}/{self.total} {self.unit}"
         if self.total:
             text += f" ({100 * self.n / self.total:.0f} %)"
@@ -80,7 +83,7 @@ class LineProgress:
         print(message, file=file if file is not None else sys.stdout, flush=True)
 
     def close(self) -> None:
-        if not self._closed and self.n:
+        if not self._closed and self.n > self._initial:
             self._emit()
         self._closed = True
 

@@ -326,8 +326,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     if main_proc and not log_path.exists():
         with log_path.open("w", newline="") as f:
             csv.writer(f).writerow(log_fields)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not main_proc, dynamic_ncols=True,
-               desc=cfg.name, file=sys.stderr, mininterval=2.0)
+    bar = _progress_bar(cfg, step, main_proc)
     t_start = time.time()
     last_ckpt = time.time()
     model.train()
@@ -364,7 +363,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
                 v = validate(model, cfg, val_images, device)
                 v["step"] = step
                 history.append(v)
-                tqdm.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
+                bar.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
                 t_step = time.time()  # validation time is not training time
         if max_minutes and time.time() - t_start > 60 * max_minutes:
             stop["flag"] = True
@@ -381,7 +380,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         v = validate(model, cfg, val_images, device)   # the budget ended the run: validate it
         v["step"] = step
         history.append(v)
-        tqdm.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
+        bar.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
     checkpoint()
     bar.close()
     if main_proc:
@@ -393,6 +392,18 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         dist.barrier()
         dist.destroy_process_group()
     return run_dir
+
+
+def _progress_bar(cfg: TrainConfig, step: int, enabled: bool):
+    """A tqdm bar on a terminal; in a log, a plain line every 30 s (steps, steps/s, loss…)."""
+    if sys.stderr.isatty() or not enabled:
+        return tqdm(total=cfg.steps, initial=step, disable=not enabled, dynamic_ncols=True,
+                    desc=cfg.name, file=sys.stderr, mininterval=2.0)
+    from .. import progress
+
+    total = None if cfg.time_budget_minutes else cfg.steps
+    return progress.LineProgress(total, cfg.name, "steps", interval=6 * progress.INTERVAL_S,
+                                 initial=step)
 
 
 def make_batches(cfg: TrainConfig, device: torch.device, rank: int, step: int, verbose: bool):
