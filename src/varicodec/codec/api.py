@@ -10,6 +10,7 @@ zlib-compressed; a fully opaque alpha plane is stored as an empty stream.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
@@ -158,6 +159,10 @@ class _Coder:
             alpha=self.alpha, gray=self.src.gray, lmbda_code=out["lmbda_code"], guard=s[-1][0],
         )
 
+    def searching(self):
+        """Context for a rate-control search: ``g_a`` runs once for all trials."""
+        return self.model.cached_analysis(self.x)
+
     def bpp(self, c: Container) -> float:
         return len(c.pack()) * 8 / (self.src.width * self.src.height)
 
@@ -240,42 +245,46 @@ def encode_image(
             f"{m.name} is fixed-rate"
         )
     side = choose_tile(src.width, src.height, tile)
-    if side is not None:
-        return _encode_tiled(m, src, side, tile_margin, lmbda=lmbda, quality=quality, bpp=bpp,
-                             psnr=psnr, tolerance=tolerance, strict=strict,
-                             compute_psnr=compute_psnr, t0=t0)
-    coder = _Coder(m, src)
+    coder = (_Coder(m, src) if side is None else _TiledCoder(m, src, side, tile_margin))
+    return _encode_with(coder, m, src, lmbda=lmbda, quality=quality, bpp=bpp, psnr=psnr,
+                        tolerance=tolerance, strict=strict, compute_psnr=compute_psnr, t0=t0)
+
+
+def _encode_with(coder: _Coder | _TiledCoder, m: VaricodecModel, src: SourceImage, *, lmbda,
+                 quality, bpp, psnr, tolerance, strict: bool, compute_psnr: bool,
+                 t0: float) -> EncodeResult:
+    """Code with ``coder`` (one piece or tiles) at λ / quality, or search a bpp/PSNR target."""
     report = None
     with torch.inference_mode():
         if bpp is not None or psnr is not None:
             assert m.lmbda_range is not None
             kind, target = ("bpp", bpp) if bpp is not None else ("psnr", psnr)
             metric = coder.bpp if kind == "bpp" else coder.psnr
-            coded: dict[int, Container] = {}
+            coded: dict[int, Container | TiledFile] = {}
 
-            def measure(code: int) -> float:
+            def measure(code: int) -> float:  # tiled: every trial codes every tile again
                 coded[code] = coder.code(code=code)
                 return metric(coded[code])
 
-            with m.cached_analysis(coder.x):
+            with coder.searching():
                 report = search_lmbda_code(measure, kind, float(target), m.lmbda_range,
                                            tolerance)
             if strict and not report.converged:
                 raise RateTargetError(report)
-            container = coded[report.code]
+            result = coded[report.code]
         else:
-            container = coder.code(_choose_lmbda(m, lmbda, quality))
-        data = container.pack()
+            result = coder.code(_choose_lmbda(m, lmbda, quality))
+        data = result.pack()
         quality_db = None
         if report is not None and report.kind == "psnr":
             quality_db = report.achieved
         elif compute_psnr:
-            quality_db = coder.psnr(container)
-    lm = m.lmbda if container.lmbda_code is None else m.lmbda_range.decode(container.lmbda_code)
+            quality_db = coder.psnr(result)
+    lm = m.lmbda if result.lmbda_code is None else m.lmbda_range.decode(result.lmbda_code)
     return EncodeResult(
         data=data, width=src.width, height=src.height, mode=src.mode, model=m.name, lmbda=lm,
-        lmbda_code=container.lmbda_code, psnr_db=quality_db, seconds=time.perf_counter() - t0,
-        overhead_bytes=container.overhead, rate_control=report,
+        lmbda_code=result.lmbda_code, psnr_db=quality_db, seconds=time.perf_counter() - t0,
+        overhead_bytes=result.overhead, rate_control=report,
     )
 
 
@@ -309,6 +318,10 @@ class _TiledCoder:
                          lmbda_code=Container.unpack(tiles[0]).lmbda_code, tile=self.side,
                          margin=self.margin, tiles=tiles)
 
+    def searching(self):
+        """Context for a rate-control search (each trial codes every tile again)."""
+        return contextlib.nullcontext()
+
     def bpp(self, f: TiledFile) -> float:
         return len(f.pack()) * 8 / (self.src.width * self.src.height)
 
@@ -323,41 +336,6 @@ class _TiledCoder:
             sse += 0.0 if math.isinf(db) else reference.size * 255.0**2 / 10 ** (db / 10)
         mse = sse / self.src.pixels().size
         return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def _encode_tiled(m: VaricodecModel, src: SourceImage, side: int, margin: int, *, lmbda,
-                  quality, bpp, psnr, tolerance, strict: bool, compute_psnr: bool,
-                  t0: float) -> EncodeResult:
-    coder = _TiledCoder(m, src, side, margin)
-    report = None
-    with torch.inference_mode():
-        if bpp is not None or psnr is not None:
-            assert m.lmbda_range is not None
-            kind, target = ("bpp", bpp) if bpp is not None else ("psnr", psnr)
-            metric = coder.bpp if kind == "bpp" else coder.psnr
-            coded: dict[int, TiledFile] = {}
-
-            def measure(code: int) -> float:  # every trial codes every tile again
-                coded[code] = coder.code(code=code)
-                return metric(coded[code])
-
-            report = search_lmbda_code(measure, kind, float(target), m.lmbda_range, tolerance)
-            if strict and not report.converged:
-                raise RateTargetError(report)
-            f = coded[report.code]
-        else:
-            f = coder.code(_choose_lmbda(m, lmbda, quality))
-        quality_db = None
-        if report is not None and report.kind == "psnr":
-            quality_db = report.achieved
-        elif compute_psnr:
-            quality_db = coder.psnr(f)
-    lm = m.lmbda if f.lmbda_code is None else m.lmbda_range.decode(f.lmbda_code)
-    return EncodeResult(
-        data=f.pack(), width=src.width, height=src.height, mode=src.mode, model=m.name,
-        lmbda=lm, lmbda_code=f.lmbda_code, psnr_db=quality_db,
-        seconds=time.perf_counter() - t0, overhead_bytes=f.overhead, rate_control=report,
-    )
 
 
 def encode(
