@@ -259,6 +259,17 @@ class VaricodecModel(nn.Module):
             if forward is not module.forward:
                 module.forward = forward
 
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Inside the block the transforms run plain float32, uncompiled; the
+        :meth:`set_autocast` settings come back afterwards."""
+        state = self.autocast_dtype, self.compiled, self.fp32_output_layers
+        self.set_autocast(None)
+        try:
+            yield
+        finally:
+            self.set_autocast(state[0], compile=state[1], fp32_output_layers=state[2])
+
     def aux_loss(self) -> Tensor:
         return self.net.aux_loss()
 

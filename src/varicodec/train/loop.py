@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..errors import VaricodecError
 from ..imageio import load_rgb, to_tensor
-from ..losses import RateDistortionLoss
+from ..losses import RateDistortionLoss, bpp_from_likelihoods
 from ..models import VaricodecModel, create_model, parse_name, read_card
 from ..models.io import model_from_state
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
@@ -190,44 +190,41 @@ def _center_crops(folder: str, count: int, size: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def validate(model: VaricodecModel, cfg: TrainConfig, images: list[torch.Tensor],
              device: torch.device) -> dict:
-    """Estimated and real bpp, PSNR and per-layer sparsity at a few λ."""
-    was_training, amp, compiled = model.training, model.autocast_dtype, model.compiled
-    fp32_out = model.fp32_output_layers
-    model.eval()
-    model.set_autocast(None)  # validate in full precision, uncompiled
+    """Estimated and real bpp, PSNR, R-D loss and per-layer sparsity at a few λ,
+    in full precision whatever the training speed-ups."""
     if model.variable_rate:
         lo, hi = cfg.lmbda_range
         points = [lo, math.sqrt(lo * hi), hi]
     else:
         points = [cfg.lmbda]
-    model.update(force=True)
+    was_training = model.training
+    model.eval()
     result: dict = {"points": []}
-    for lm in points:
-        est, psnr, real, layers = [], [], [], {}
-        for i, x in enumerate(images):
-            x = x.to(device)
-            out = model(x, lmbda=lm if model.variable_rate else None)
-            n = x.shape[-2] * x.shape[-1]
-            bits = sum((-torch.log2(v.clamp_min(1e-9))).sum() for v in out["likelihoods"].values())
-            est.append(float(bits) / n)
-            mse = float((out["x_hat"].clamp(0, 1) - x).pow(2).mean())
-            psnr.append(-10 * math.log10(max(mse, 1e-10)))
-            for k, s in model.sparsity().items():
-                layers.setdefault(k, []).append(s)
-            if i < cfg.val_real_images:
-                c = model.compress(x, lmbda=lm if model.variable_rate else None)
-                real.append(sum(len(s[0]) for s in c["strings"]) * 8 / n)
-        sp = {k: float(np.mean(v)) for k, v in layers.items()}
-        mse = [10 ** (-p / 10) for p in psnr]
-        result["points"].append({
-            "lmbda": lm, "bpp_est": float(np.mean(est)), "psnr_db": float(np.mean(psnr)),
-            "rd_loss": float(np.mean(est) + lm * 255**2 * np.mean(mse)),
-            "bpp_real": float(np.mean(real)) if real else None,
-            "sparsity": float(np.mean(list(sp.values()))) if sp else 0.0,
-            "sparsity_per_layer": sp,
-        })
+    with model.full_precision():
+        model.update(force=True)
+        for lm in points:
+            est, mse, real, layers = [], [], [], {}
+            for i, x in enumerate(images):
+                x = x.to(device)
+                out = model(x, lmbda=lm if model.variable_rate else None)
+                n = x.shape[-2] * x.shape[-1]
+                est.append(float(bpp_from_likelihoods(out["likelihoods"], n).mean()))
+                mse.append(max(float((out["x_hat"].clamp(0, 1) - x).pow(2).mean()), 1e-10))
+                for k, s in model.sparsity().items():
+                    layers.setdefault(k, []).append(s)
+                if i < cfg.val_real_images:
+                    c = model.compress(x, lmbda=lm if model.variable_rate else None)
+                    real.append(sum(len(s[0]) for s in c["strings"]) * 8 / n)
+            sp = {k: float(np.mean(v)) for k, v in layers.items()}
+            result["points"].append({
+                "lmbda": lm, "bpp_est": float(np.mean(est)),
+                "psnr_db": float(np.mean([-10 * math.log10(e) for e in mse])),
+                "rd_loss": float(np.mean(est) + lm * 255**2 * np.mean(mse)),
+                "bpp_real": float(np.mean(real)) if real else None,
+                "sparsity": float(np.mean(list(sp.values()))) if sp else 0.0,
+                "sparsity_per_layer": sp,
+            })
     model.train(was_training)
-    model.set_autocast(amp, compile=compiled, fp32_output_layers=fp32_out)
     return result
 
 
