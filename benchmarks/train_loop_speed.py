@@ -1,7 +1,8 @@
 """Training-loop throughput, old path against the fast path, in one run on one device.
 
-Times whole steps of the real loop (`varicodec.train.loop.train_step`, fed by the
-loop's own batch source), so data loading counts. Settings, each on the same model:
+Times whole steps of the real loop (`varicodec.train.loop.train_step` with the loop's
+optimisers, fed by the loop's own batch source), so data loading counts. Settings,
+each on the same model:
 
 * ``old``: the loop as it was: folder loader (JPEG decode + resize on CPU workers),
   float32/TF32, λ moved to the device by the loop (the model's range check then
@@ -39,6 +40,7 @@ from varicodec.train.loop import (
     apply_speedups,
     build_model,
     make_batches,
+    make_optimizers,
     sample_lmbda,
     train_step,
 )
@@ -70,18 +72,12 @@ def measure(cfg, setting: dict, device: torch.device, warmup: int, seconds: floa
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     apply_speedups(model, cfg)
-    main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    fused = fast and device.type == "cuda"
-    opt = torch.optim.Adam(main, lr=1e-5, fused=fused)
-    aux_opt = torch.optim.Adam(aux, lr=1e-5, fused=fused)
+    opt, aux_opt = make_optimizers(model, cfg, fused=fast and device.type == "cuda")
     crit = RateDistortionLoss(cfg.gamma, cfg.regularizer, cfg.alpha_target, cfg.sparsity_target)
     batches = make_batches(cfg, device, 0, 0, verbose=False)
 
     def step() -> None:
         x = next(batches)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         lm = sample_lmbda(cfg, model, x.shape[0])
         if not fast:
             lm = lm.to(device)   # as the old loop did

@@ -33,7 +33,7 @@ from .data import RandomCropFolder, ResumableSampler, list_images
 from .memdata import InMemoryCrops
 
 __all__ = ["train", "train_step", "build_model", "git_commit", "load_init_weights",
-           "make_batches"]
+           "make_batches", "make_optimizers", "apply_speedups"]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -112,6 +112,14 @@ def _param_groups(model: VaricodecModel, cfg: TrainConfig) -> tuple[list[dict], 
     if modulator:
         groups.append({"params": modulator, "lr": cfg.modulator_lr, "base_lr": cfg.modulator_lr})
     return groups, aux
+
+
+def make_optimizers(model: VaricodecModel, cfg: TrainConfig, fused: bool = False):
+    """Adam over the parameter groups (main, gates, modulators) and Adam for the
+    entropy bottleneck's quantiles. ``fused``: one kernel per step (CUDA)."""
+    groups, aux_params = _param_groups(model, cfg)
+    return (torch.optim.Adam(groups, fused=fused),
+            torch.optim.Adam(aux_params, lr=cfg.aux_lr, fused=fused))
 
 
 def _progress(cfg: TrainConfig, step: int, seconds: float) -> float:
@@ -273,10 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         if main_proc:
             print(f"initialised from {init} ({len(fresh)} tensors kept fresh: gates/modulators)",
                   file=sys.stderr)
-    groups, aux_params = _param_groups(model, cfg)
-    fused = device.type == "cuda"  # one kernel per step instead of one per tensor
-    opt = torch.optim.Adam(groups, fused=fused)
-    aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr, fused=fused)
+    opt, aux_opt = make_optimizers(model, cfg, fused=device.type == "cuda")
     optimizers = {"main": opt, "aux": aux_opt}
     step, history, seconds = 0, [], 0.0
     if resume:
@@ -330,8 +335,6 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     t_step = time.time()
     while step < cfg.steps and not stop["flag"]:
         x = next(batches)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         factor = _lr_factor(cfg, step, seconds)
         for grp in opt.param_groups:
             grp["lr"] = grp["base_lr"] * factor
@@ -404,12 +407,14 @@ def _progress_bar(cfg: TrainConfig, step: int, enabled: bool):
 
 
 def make_batches(cfg: TrainConfig, device: torch.device, rank: int, step: int, verbose: bool):
-    """Endless training batches on ``device``, continuing at ``step``."""
+    """Endless training batches on ``device`` (channels-last if the recipe says so),
+    continuing at ``step``."""
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     seed = cfg.seed * 1000 + rank * 7919
     if cfg.data_in_memory:
         crops = InMemoryCrops(cfg.train_dir, cfg.crop, tuple(cfg.scale), device, seed, verbose)
         while True:
-            yield crops.batch(step, cfg.batch_size)
+            yield crops.batch(step, cfg.batch_size).contiguous(memory_format=fmt)
             step += 1
     data = RandomCropFolder(cfg.train_dir, cfg.crop, tuple(cfg.scale), verbose=verbose)
     sampler = ResumableSampler(len(data), seed=seed, start=step * cfg.batch_size)
@@ -419,7 +424,7 @@ def make_batches(cfg: TrainConfig, device: torch.device, rank: int, step: int, v
                         persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
                         worker_init_fn=_seed_worker)
     for x in loader:
-        yield x.to(device, non_blocking=True)
+        yield x.to(device, non_blocking=True).contiguous(memory_format=fmt)
 
 
 def _seed_worker(worker_id: int) -> None:
