@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +47,8 @@ LINES = ROOT / "checkpoints/gpu"
 RUNS_DOC = ROOT / "docs/results/gpu-runs"
 SHARED = ROOT.parent / "shared"
 WHEELS = ["compressai==1.2.8", "pytorch-msssim==1.0.0"]
+#: seconds a job needs beyond its training minutes (start-up, validation, export)
+OVERHEAD_S = 45
 
 
 def load_plan() -> dict:
@@ -147,8 +150,8 @@ def cmd_slim(a: argparse.Namespace) -> int:
     no pending job starts from are removed from the index (not from disk) and listed in
     ``.git/info/exclude`` between two marker lines.
     """
-    needed = {_weights_of(j.get("init", f"line:{j['line']}")).resolve()
-              for j in pending(load_plan()) if j.get("line") and j.get("init", True)}
+    needed = {_init_of(j).resolve() for j in pending(load_plan())
+              if j.get("line") and _init_of(j) is not None}
     tracked = _git_files()
     candidates = tracked + _git_files("--others", "--exclude-standard")
     folders = tuple(f"{d.strip('/')}/" for d in a.drop_dirs)
@@ -200,10 +203,10 @@ def cmd_next(a: argparse.Namespace) -> int:
         if j.get("command"):
             what = j["command"]
         else:
-            src = _weights_of(j.get("init", f"line:{j['line']}"))
-            start = (src.relative_to(ROOT) if src.is_file() and src.is_relative_to(ROOT)
-                     else "scratch (new line)" if j.get("from_scratch_if_new") else
-                     f"{src} (MISSING)")
+            src = _init_of(j)
+            start = ("scratch" if src is None else
+                     src.relative_to(ROOT) if src.is_file() and src.is_relative_to(ROOT)
+                     else src if src.is_file() else f"{src} (MISSING)")
             what = f"train {j['line']} from {start}"
         print(f"  {j['id']}: {what} ({j.get('minutes', '?')} min)")
     return 0
@@ -215,6 +218,20 @@ def _weights_of(ref: str) -> Path:
     if ref.startswith("line:"):
         return LINES / f"{ref[5:]}.safetensors"
     return ROOT / ref
+
+
+def _init_of(job: dict) -> Path | None:
+    """The weights a train job starts from (default: its own line), or ``None`` for
+    scratch: ``init: null``, or a new line marked ``from_scratch_if_new``. A path that
+    does not exist otherwise is returned as is (the job then fails with a message)."""
+    ref = job.get("init", f"line:{job['line']}")
+    if not ref:
+        return None
+    path = _weights_of(ref)
+    if (not path.is_file() and ref == f"line:{job['line']}"
+            and job.get("from_scratch_if_new")):
+        return None
+    return path
 
 
 def _env() -> dict:
@@ -241,13 +258,9 @@ def _install_wheels() -> None:
 def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> dict:
     line = job["line"]
     run_name = f"{job['id']}"
-    ref = job.get("init", f"line:{line}")
-    init = _weights_of(ref) if ref else None
+    init = _init_of(job)
     if init is not None and not init.is_file():
-        if ref == f"line:{line}" and job.get("from_scratch_if_new"):
-            init = None   # a new line: its first window trains from scratch
-        else:
-            return {"id": job["id"], "line": line, "rc": f"no init weights at {init}"}
+        return {"id": job["id"], "line": line, "rc": f"no init weights at {init}"}
     cmd = [sys.executable, "-m", "varicodec", "train", "--config", str(ROOT / job["config"]),
            "--name", run_name, "--out-dir", str(runs),
            *(["--init", str(init)] if init else []), "--time-budget", f"{minutes:.3f}"]
@@ -290,8 +303,6 @@ def cmd_run(a: argparse.Namespace) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     _install_wheels()
-    import tempfile
-
     runs = Path(tempfile.mkdtemp(prefix="varicodec-runs-"))
     plan = load_plan()
     report = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -305,7 +316,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         pass
     for job in pending(plan):
         left = a.deadline - (time.time() - t_start)
-        need = float(job.get("min_minutes", job.get("minutes", 1))) * 60 + job.get("overhead_s", 45)
+        overhead = job.get("overhead_s", OVERHEAD_S)
+        need = float(job.get("min_minutes", job.get("minutes", 1))) * 60 + overhead
         if left < need:
             print(f"skip {job['id']}: {left:.0f} s left, needs {need:.0f} s", flush=True)
             report["jobs"].append({"id": job["id"], "skipped": f"{left:.0f} s left"})
@@ -326,7 +338,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             report["jobs"].append({"id": job["id"], "rc": rc,
                                    "wall_s": round(time.time() - t0, 1)})
         else:
-            minutes = min(float(job["minutes"]), (left - job.get("overhead_s", 45)) / 60)
+            minutes = min(float(job["minutes"]), (left - overhead) / 60)
             report["jobs"].append(_train_job(job, minutes, out, logs, runs))
         (logs / "report.json").write_text(json.dumps(report, indent=1))
     report["wall_s"] = round(time.time() - t_start, 1)
@@ -341,8 +353,6 @@ def cmd_run(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- collect (here)
 def cmd_collect(a: argparse.Namespace) -> int:
     """Take a window's output: weights into checkpoints/gpu/, logs into docs, plan updated."""
-    import tempfile
-
     src = Path(a.dir)
     if not (src / "logs.tar.gz").is_file():
         sys.exit(f"gpu_queue collect: no logs.tar.gz in {src}")
