@@ -33,10 +33,11 @@ from ..imageio import (
 )
 from ..metrics import psnr_db
 from ..models import VaricodecModel
+from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda
 from .format import FORMAT_VERSION, Container
 from .header import info
-from .pretrained import ModelSpec, bundled_path, fingerprint, resolve_model
+from .pretrained import ModelSpec, fingerprint, resolve_model
 from .rate_control import RateControlReport, RateTargetError, check_tolerance, search_lmbda_code
 from .tiles import DEFAULT_MARGIN, Tile, TiledFile, choose_tile, is_tiled, tile_grid
 
@@ -361,8 +362,8 @@ def encode(
 def _model_for(c: Container, model: ModelSpec) -> VaricodecModel:
     """The model that wrote ``c``; :class:`ModelMismatchError` for any other."""
     if model is None:
-        path = bundled_path(c.model_name)
-        if not path.is_file():
+        path = bundled_weights(c.model_name)
+        if path is None:
             raise ModelMismatchError(
                 f"the file was written by model {c.model_name!r} "
                 f"(weights {c.fingerprint.hex()}), which is not bundled; "

@@ -183,12 +183,9 @@ def _file_loader(path: Path) -> Callable[[], VaricodecModel]:
 
 def _bundled(name: str) -> Path | None:
     """The weights bundled with the package for registry name ``name``, if any."""
-    try:
-        from ..codec.pretrained import bundled_path
-    except ImportError:
-        return None
-    path = bundled_path(name)
-    return path if path.is_file() else None
+    from ..models.registry import bundled_weights
+
+    return bundled_weights(name)
 
 
 def _set_candidates(base: str, q: int) -> list[Path]:
