@@ -70,12 +70,12 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.rand(a.batch, 3, a.crop, a.crop)
     lm = torch.exp(torch.empty(a.batch).uniform_(math.log(0.0018), math.log(0.18)))
-    cls = ARCHITECTURES[a.arch][0]
+    build = ARCHITECTURES[a.arch].build
     kinds = ["base", "ecg", "bm", "ecgbm", "compressai"]
     steps = {}
     for k in kinds:
         if k == "compressai":
-            model = cls(N=a.N, M=a.M).train()
+            model = build(a.N, a.M).train()
         else:
             model = create_model(f"{a.arch}-{k}", N=a.N, M=a.M).train()
             for _, g in model.gates():

@@ -173,6 +173,8 @@ def test_crafted_headers_with_valid_crc():
 
 def test_model_ids_are_stable():
     # ids are part of the format: this table may only grow
-    assert MODEL_IDS["hyperprior-ecgbm"] == 4
-    assert sorted(MODEL_IDS.values()) == list(range(1, 13))
+    legacy = [f"{a}-{v}" for a in ("hyperprior", "mean", "joint")
+              for v in ("base", "ecg", "bm", "ecgbm")]
+    assert [MODEL_IDS[n] for n in legacy] == list(range(1, 13))
+    assert sorted(MODEL_IDS.values()) == list(range(1, len(MODEL_IDS) + 1))
     assert MAX_PIXELS == 2**28

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = sub.add_parser(
         "models", help="list the registry's model names and which have bundled weights",
-        description="List the twelve registry names; names with trained weights bundled in "
+        description="List the registry names ({architecture}-{variant}); names with trained "
+        "weights bundled in "
         "the package are marked, with the file and the recipe they come from. Those names "
         "work as --model NAME and in load_model(NAME).")
     models.set_defaults(func=_cmd_models, fast_exit=True)

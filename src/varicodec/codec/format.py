@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from ..errors import FormatError
 from ..imageio import MAX_PIXELS, MAX_SIDE, check_size
+from ..models.registry import ARCHITECTURES, variant_flags
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,11 +61,9 @@ FORMAT_VERSION = 2
 #: versions this reader decodes; version 1 has no guard stream (no symbol check)
 READABLE_VERSIONS = (1, 2)
 
-#: registry name → model id byte. Append only: ids are part of the format.
+#: registry name → model id byte, from the registry's append-only ``format_ids``
 MODEL_IDS: dict[str, int] = {
-    "hyperprior-base": 1, "hyperprior-ecg": 2, "hyperprior-bm": 3, "hyperprior-ecgbm": 4,
-    "mean-base": 5, "mean-ecg": 6, "mean-bm": 7, "mean-ecgbm": 8,
-    "joint-base": 9, "joint-ecg": 10, "joint-bm": 11, "joint-ecgbm": 12,
+    name: i for a in ARCHITECTURES.values() for name, i in zip(a.model_names(), a.format_ids)
 }
 MODEL_NAMES: dict[int, str] = {v: k for k, v in MODEL_IDS.items()}
 
@@ -75,11 +74,11 @@ _MAX_VARINT_BYTES = 5
 
 
 def is_variable_rate(model_name: str) -> bool:
-    return model_name.endswith("bm")
+    return variant_flags(model_name)[1]
 
 
 def is_gated(model_name: str) -> bool:
-    return model_name.split("-", 1)[1] in ("ecg", "ecgbm")
+    return variant_flags(model_name)[0]
 
 
 def lmbda_from_code(code: int, lmbda_range: tuple[float, float]) -> float:

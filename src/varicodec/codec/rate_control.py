@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..errors import VaricodecError
 from ..layers import LmbdaRange
+from ..quality import KODAK_CURVES, QUALITY_LMBDAS
 
 __all__ = ["DEFAULT_TOLERANCE", "RateControlReport", "RateTargetError", "check_tolerance",
            "search_lmbda_code"]
@@ -31,11 +32,8 @@ __all__ = ["DEFAULT_TOLERANCE", "RateControlReport", "RateTargetError", "check_t
 DEFAULT_TOLERANCE = {"bpp": 0.02, "psnr": 0.1}
 
 # CompressAI's bmshj2018-hyperprior on Kodak, quality 1..8: (λ, bpp, PSNR dB)
-_PRIOR = (
-    (0.0018, 0.1313, 27.58), (0.0035, 0.2089, 29.20), (0.0067, 0.3199, 30.97),
-    (0.0130, 0.4784, 32.84), (0.0250, 0.6687, 34.53), (0.0483, 0.9388, 36.74),
-    (0.0932, 1.2592, 38.58), (0.1800, 1.6602, 40.56),
-)
+_PRIOR = tuple((lm, bpp, psnr) for lm, (bpp, psnr)
+               in zip(QUALITY_LMBDAS, KODAK_CURVES["bmshj2018-hyperprior"], strict=True))
 _SLOPE = {"bpp": 0.55, "psnr": 2.8}  # per unit of ln λ
 
 

@@ -22,6 +22,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..models.registry import ARCHITECTURES
     from .classical import codec_names
 
     p = subparsers.add_parser(
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
     p.add_argument("--reference", action="append", default=[],
-                   choices=["hyperprior", "mean", "joint"],
+                   choices=list(ARCHITECTURES),
                    help="add CompressAI's published Kodak curve of this architecture")
     p.add_argument("--title", help="figure title")
     p.add_argument("--max-bpp", type=float, help="limit the rate axis of the RD panels")
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("--anchor", metavar="LABEL", help="BD-rate anchor curve (default: jpeg)")
     p.add_argument("--reference", action="append", default=[],
-                   choices=["hyperprior", "mean", "joint"],
+                   choices=list(ARCHITECTURES),
                    help="add CompressAI's published Kodak curve of this architecture as a curve")
     p.add_argument("--matrix", action="store_true", help="also the BD-rate of every pair")
     p.add_argument("--points", action="store_true", help="also list every rate point")

@@ -1,4 +1,4 @@
-"""The twelve models and how to build, save and load them.
+"""The registry's models and how to build, save and load them.
 
 Names are imported on first use: the registry's names and a weights file's card
 (:func:`list_models`, :func:`read_card`) need no torch.
@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "ARCHITECTURES": ".codec_model",
-    "VARIANTS": ".codec_model",
+    "ARCHITECTURES": ".registry",
+    "VARIANTS": ".registry",
     "VaricodecModel": ".codec_model",
     "load_model": ".io",
     "read_card": ".io",
@@ -39,9 +39,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .codec_model import ARCHITECTURES, VARIANTS, VaricodecModel
+    from .codec_model import VaricodecModel
     from .io import load_model, read_card, save_model, weights_fingerprint
-    from .registry import bundled_weights, create_model, list_models, parse_name
+    from .registry import (
+        ARCHITECTURES,
+        VARIANTS,
+        bundled_weights,
+        create_model,
+        list_models,
+        parse_name,
+    )
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

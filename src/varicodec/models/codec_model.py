@@ -14,7 +14,7 @@
 The architecture's own ``forward`` / ``compress`` / ``decompress`` (CompressAI)
 are reused unchanged: the modulator is attached with hooks on ``g_a``'s output
 and ``g_s``'s input, and gates replace the convolutions in place, so one
-implementation serves all three architectures.
+implementation serves every architecture of the registry.
 
 Decoding hazards, and what this class does about them:
 
@@ -40,35 +40,13 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from compressai.models import (
-    JointAutoregressiveHierarchicalPriors,
-    MeanScaleHyperprior,
-    ScaleHyperprior,
-)
 from torch import Tensor, nn
 
 from ..errors import DesyncError
 from ..layers import BitrateModulator, EnergyChannelGate, LmbdaRange, gates_of, insert_gates
+from .registry import ARCHITECTURES, VARIANTS
 
 __all__ = ["VaricodecModel", "ARCHITECTURES", "VARIANTS", "INDEX_MARGIN"]
-
-#: architecture name → (CompressAI class, default N, default M)
-ARCHITECTURES: dict[str, tuple[type[nn.Module], int, int]] = {
-    "hyperprior": (ScaleHyperprior, 128, 192),
-    "mean": (MeanScaleHyperprior, 128, 192),
-    "joint": (JointAutoregressiveHierarchicalPriors, 192, 192),
-}
-
-#: variant → (gated, modulated)
-VARIANTS: dict[str, tuple[bool, bool]] = {
-    "base": (False, False),
-    "ecg": (True, False),
-    "bm": (False, True),
-    "ecgbm": (True, True),
-}
-
-#: submodules that decode position by position and so stay ungated
-_UNGATED = ("context_prediction", "entropy_parameters")
 
 DEFAULT_LMBDA_RANGE = (0.0018, 0.18)
 
@@ -80,12 +58,14 @@ INDEX_MARGIN = 1e-5
 
 
 class VaricodecModel(nn.Module):
-    """One of the twelve models: ``{hyperprior, mean, joint} × {base, ecg, bm, ecgbm}``.
+    """One registry model: an architecture of :data:`~.registry.ARCHITECTURES` ×
+    ``{base, ecg, bm, ecgbm}``.
 
     Args:
-        arch: ``"hyperprior"``, ``"mean"`` or ``"joint"``.
+        arch: a registry architecture (``"hyperprior"``, ``"mean"``, ``"joint"``,
+            ``"cheng2020-anchor"``, ...).
         variant: ``"base"``, ``"ecg"``, ``"bm"`` or ``"ecgbm"``.
-        N, M: channel widths (defaults: CompressAI's quality 1–5 configs).
+        N, M: channel widths (defaults: the entry's, CompressAI's quality 1 config).
         lmbda: the trade-off factor of a fixed-rate model (metadata for the loss).
         lmbda_range: ``(min, max)`` λ of a variable-rate model.
         lmbda_ref: λ at which the modulator starts with unit gain.
@@ -113,7 +93,8 @@ class VaricodecModel(nn.Module):
             raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-        cls, n_default, m_default = ARCHITECTURES[arch]
+        entry = ARCHITECTURES[arch]
+        n_default, m_default = entry.default_widths
         N, M = int(N or n_default), int(M or m_default)
         self.arch, self.variant = arch, variant
         self.gated, self.variable_rate = VARIANTS[variant]
@@ -122,11 +103,11 @@ class VaricodecModel(nn.Module):
             lmbda_range=[float(v) for v in lmbda_range],
             lmbda_ref=lmbda_ref, gate=dict(gate or {}), bm_hidden=bm_hidden,
         )
-        self.net = cls(N=N, M=M)
+        self.net = entry.build(N, M)
         self.lmbda = float(lmbda)
         self.gated_layers: list[str] = []
         if self.gated:
-            self.gated_layers = insert_gates(self.net, skip=_UNGATED, **(gate or {}))
+            self.gated_layers = insert_gates(self.net, skip=entry.ungated, **(gate or {}))
         self.lmbda_range: LmbdaRange | None = None
         self.autocast_dtype: torch.dtype | None = None
         self.compiled = False
