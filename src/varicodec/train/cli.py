@@ -12,7 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a model from a YAML recipe. Runs under torchrun too.")
     p.add_argument("--config", required=True, help="recipe file, e.g. configs/hyperprior-bm.yaml")
     p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
-    p.add_argument("--init", help="start from these weights (exported .safetensors or run folder)")
+    p.add_argument("--init", metavar="WEIGHTS|RUN|compressai:ARCH[:QUALITY]",
+                   help="start from these weights: an exported .safetensors, a run folder, or "
+                        "CompressAI's pretrained model (ARCH bmshj2018-hyperprior, "
+                        "mbt2018-mean or mbt2018; QUALITY 1-8), e.g. "
+                        "compressai:bmshj2018-hyperprior:8")
     p.add_argument("--name", help="override the recipe's run name")
     p.add_argument("--out-dir", help="override the recipe's output folder (default runs/)")
     p.add_argument("--steps", type=int, help="override the recipe's number of steps")

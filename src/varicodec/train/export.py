@@ -71,6 +71,7 @@ def export_run(run: str | Path, out: str | Path, half: bool = True) -> tuple[Pat
         "val_data": cfg.val_dir,
         "steps": meta["step"],
         "lineage": chain,
+        "pretrained": meta.get("pretrained"),  # CompressAI zoo source, file, sha256 (or None)
         "total_steps": (sum(link["steps"] for link in chain)
                         if all(link["steps"] is not None for link in chain) else None),
         "recipe": cfg.to_dict(),

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +27,15 @@ from tqdm import tqdm
 from ..errors import VaricodecError
 from ..imageio import load_rgb, to_tensor
 from ..losses import RateDistortionLoss, bpp_from_likelihoods
-from ..models import VaricodecModel, create_model, parse_name, read_card
-from ..models.io import model_from_state
+from ..models import VaricodecModel, create_model
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import TrainConfig
 from .data import RandomCropFolder, ResumableSampler, list_images
+from .init import CHECKPOINT, load_init, load_init_weights
 from .memdata import InMemoryCrops
 
 __all__ = ["train", "train_step", "build_model", "git_commit", "load_init_weights",
            "make_batches", "make_optimizers", "apply_speedups"]
-
-CHECKPOINT = "checkpoint.safetensors"
 
 
 def git_commit() -> str:
@@ -51,48 +51,6 @@ def build_model(cfg: TrainConfig) -> VaricodecModel:
     return create_model(cfg.model, N=cfg.N, M=cfg.M, lmbda=cfg.lmbda,
                         lmbda_range=tuple(cfg.lmbda_range), lmbda_ref=cfg.lmbda_ref,
                         gate=cfg.gate)
-
-
-def load_init_weights(model: VaricodecModel, path: str | Path) -> list[str]:
-    """Start from another model's weights (staged schedule: base → ecg, base → bm, bm → ecgbm).
-
-    ``path`` is an exported ``.safetensors`` model or a run folder / checkpoint.
-    Returns the names of parameters that kept their fresh initialisation.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"--init: no such weights or run: {path}")
-    try:
-        config, _ = read_card(path)
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    except ValueError:
-        state, _, meta = load_checkpoint(path)
-        recipe = meta.get("recipe", {})
-        arch, variant = parse_name(recipe.get("model", "hyperprior-base"))
-        config = dict(recipe, arch=arch, variant=variant)
-    if not model.variable_rate and any(k.startswith("modulator.") for k in state):
-        state = _folded_state(state, config, model.lmbda)
-    own = model.state_dict()
-    state = {k: v.to(own[k].dtype) for k, v in state.items()
-             if k in own and own[k].is_floating_point() or k in own}
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"--init {path}: weights do not fit {model.name}: "
-                         f"{result.unexpected_keys[:5]}")
-    return list(result.missing_keys)
-
-
-def _folded_state(state: dict, config: dict, lmbda: float) -> dict:
-    """A variable-rate model's weights with its modulator folded in at ``lmbda``."""
-    from ..models.fold import fold_bitrate_modulator
-
-    keys = ("arch", "variant", "N", "M", "lmbda_range", "lmbda_ref", "gate", "bm_hidden")
-    source = model_from_state({k: config[k] for k in keys if config.get(k) is not None}, state)
-    return fold_bitrate_modulator(source, lmbda).state_dict()
 
 
 def _param_groups(model: VaricodecModel, cfg: TrainConfig) -> tuple[list[dict], list]:
@@ -243,9 +201,42 @@ def _fmt_val(v: dict) -> str:
         f"{p['psnr_db']:.2f} dB, sparsity {p['sparsity']:.2f}" for p in v["points"])
 
 
-def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
-          max_minutes: float | None = None) -> Path:
-    """Run (or continue) the recipe ``cfg``; returns the run folder."""
+@dataclass
+class _Run:
+    """One training process: what :func:`_setup` builds and the steps move on."""
+
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    distributed: bool
+    run_dir: Path
+    model: VaricodecModel
+    net: torch.nn.Module                  # the model, or its DistributedDataParallel wrapper
+    optimizers: dict                      # {"main": Adam, "aux": Adam}
+    criterion: RateDistortionLoss
+    batches: Iterator[torch.Tensor]
+    val_images: list[torch.Tensor]
+    step: int = 0
+    history: list = field(default_factory=list)
+    seconds: float = 0.0                  # training time (validation excluded)
+    pretrained: dict | None = None        # CompressAI zoo source, carried to the model card
+    stop: bool = False
+
+    @property
+    def main_proc(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.csv"
+
+
+def _init_process(cfg: TrainConfig) -> tuple[bool, int, torch.device]:
+    """``(distributed, rank, device)``; process group, CUDA flags and threads set up."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
@@ -260,6 +251,13 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
         torch.backends.cudnn.allow_tf32 = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    return distributed, rank, device
+
+
+def _setup(cfg: TrainConfig, resume: bool, init: str | None) -> _Run:
+    """Everything before the first step: process, run folder, model (fresh, from
+    ``init`` or resumed), optimisers, speed-ups, loss, data and validation crops."""
+    distributed, rank, device = _init_process(cfg)
     main_proc = rank == 0
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / CHECKPOINT
@@ -275,12 +273,15 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     model = build_model(cfg).to(device)
     init = init or cfg.init
     cfg.init = init  # recorded in the checkpoint's recipe: the model card's lineage follows it
-    fresh: list[str] = []
+    pretrained = None
     if init and not (resume and ckpt_path.exists()):
-        fresh = load_init_weights(model, init)
+        result = load_init(model, init, progress=main_proc)
+        pretrained = result.pretrained
+        if result.lmbda_ref is not None:
+            cfg.lmbda_ref = result.lmbda_ref  # the recipe records where the modulators start
         if main_proc:
-            print(f"initialised from {init} ({len(fresh)} tensors kept fresh: gates/modulators)",
-                  file=sys.stderr)
+            for line in [result.describe(), *result.notes]:
+                print(line, file=sys.stderr)
     opt, aux_opt = make_optimizers(model, cfg, fused=device.type == "cuda")
     optimizers = {"main": opt, "aux": aux_opt}
     step, history, seconds = 0, [], 0.0
@@ -295,6 +296,7 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
             torch.manual_seed(cfg.seed + rank + meta["step"])
         step, history = meta["step"], meta.get("history", [])
         seconds = float(meta.get("train_seconds", 0.0))
+        pretrained = meta.get("pretrained")
         if main_proc:
             print(f"resumed {run_dir} at step {step}", file=sys.stderr)
 
@@ -308,90 +310,131 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
                                    cfg.sparsity_target)
     batches = make_batches(cfg, device, rank, step, main_proc)
     val_images = _center_crops(cfg.val_dir, cfg.val_images, cfg.val_crop) if main_proc else []
+    return _Run(cfg, device, rank, distributed, run_dir, model, net, optimizers, criterion,
+                batches, val_images, step, history, seconds, pretrained)
 
-    stop = {"flag": False}
+
+def _step(run: _Run) -> tuple[dict, torch.Tensor]:
+    """One training step with the schedules (lr, γ warm-up) at the current step."""
+    cfg, opt = run.cfg, run.optimizers["main"]
+    x = next(run.batches)
+    factor = _lr_factor(cfg, run.step, run.seconds)
+    for grp in opt.param_groups:
+        grp["lr"] = grp["base_lr"] * factor
+    if cfg.gamma_warmup_steps:
+        run.criterion.gamma = cfg.gamma * min(1.0, run.step / cfg.gamma_warmup_steps)
+    lm = sample_lmbda(cfg, run.model, x.shape[0])  # on the host: the model moves it, no sync
+    losses, aux = train_step(run.net, run.model, run.criterion, opt, run.optimizers["aux"], x, lm,
+                             cfg.clip_grad)
+    run.step += 1
+    return losses, aux
+
+
+LOG_FIELDS = ["step", "time_s", "loss", "bpp", "psnr_db", "sparsity", "reg", "aux", "lr"]
+
+
+def _log(run: _Run, losses: dict, aux: torch.Tensor, bar, t_start: float) -> None:
+    """A row of ``log.csv`` and the progress bar's figures (reads the losses: syncs)."""
+    row = [run.step, round(time.time() - t_start, 2)] + [
+        round(losses[k].item(), 5) for k in ("loss", "bpp", "psnr_db", "sparsity", "reg")
+    ] + [round(aux.item(), 3), run.optimizers["main"].param_groups[0]["lr"]]
+    with run.log_path.open("a", newline="") as f:
+        csv.writer(f).writerow(row)
+    bar.set_postfix(loss=f"{losses['loss'].item():.3f}", bpp=f"{float(losses['bpp']):.3f}",
+                    psnr=f"{float(losses['psnr_db']):.2f}",
+                    sp=f"{float(losses['sparsity']):.2f}")
+
+
+def _validate_into_history(run: _Run, bar) -> None:
+    v = validate(run.model, run.cfg, run.val_images, run.device)
+    v["step"] = run.step
+    run.history.append(v)
+    bar.write(f"[val step {run.step}] {_fmt_val(v)}", file=sys.stderr)
+
+
+def _should_stop(run: _Run, t_start: float, max_minutes: float | None) -> bool:
+    """Stop flag after a step: signal, wall-clock limit, time budget (agreed across ranks)."""
+    stop = run.stop
+    if max_minutes and time.time() - t_start > 60 * max_minutes:
+        stop = True
+    if run.cfg.time_budget_minutes and run.seconds >= 60 * run.cfg.time_budget_minutes:
+        stop = True
+    if run.distributed:
+        flag = torch.tensor([float(stop)], device=run.device)
+        dist.all_reduce(flag)
+        stop = bool(flag.item())
+    return stop
+
+
+def _checkpoint(run: _Run) -> None:
+    if run.main_proc:
+        save_checkpoint(run.ckpt_path, run.model, run.optimizers, run.step,
+                        {"recipe": run.cfg.to_dict(), "history": run.history,
+                         "git_commit": git_commit(), "train_seconds": run.seconds,
+                         "pretrained": run.pretrained})
+
+
+def _finish(run: _Run, bar) -> None:
+    """After the last step: validate a budget-ended run, checkpoint, report, leave the group."""
+    cfg = run.cfg
+    if run.main_proc and cfg.time_budget_minutes and (
+            not run.history or run.history[-1]["step"] != run.step):
+        _validate_into_history(run, bar)   # the budget ended the run: validate it
+    _checkpoint(run)
+    bar.close()
+    if run.main_proc:
+        budget_spent = cfg.time_budget_minutes and run.seconds >= 60 * cfg.time_budget_minutes
+        state = ("finished" if run.step >= cfg.steps or budget_spent
+                 else "stopped (resume with --resume)")
+        print(f"{cfg.name}: {state} at step {run.step}; checkpoint {run.ckpt_path}",
+              file=sys.stderr)
+    if run.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
+          max_minutes: float | None = None) -> Path:
+    """Run (or continue) the recipe ``cfg``; returns the run folder.
+
+    ``init``: starting weights — an exported ``.safetensors`` model, a run folder or
+    checkpoint, or ``compressai:ARCH[:QUALITY]`` (CompressAI's pretrained zoo; see
+    :mod:`varicodec.train.init`). Ignored when resuming a run that has a checkpoint.
+    """
+    run = _setup(cfg, resume, init)
 
     def _on_signal(signum, frame):  # finish the step, checkpoint, exit
-        stop["flag"] = True
+        run.stop = True
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    def checkpoint() -> None:
-        if main_proc:
-            save_checkpoint(ckpt_path, model, optimizers, step,
-                            {"recipe": cfg.to_dict(), "history": history,
-                             "git_commit": git_commit(), "train_seconds": seconds})
-
-    log_path = run_dir / "log.csv"
-    log_fields = ["step", "time_s", "loss", "bpp", "psnr_db", "sparsity", "reg", "aux", "lr"]
-    if main_proc and not log_path.exists():
-        with log_path.open("w", newline="") as f:
-            csv.writer(f).writerow(log_fields)
-    bar = _progress_bar(cfg, step, main_proc)
+    if run.main_proc and not run.log_path.exists():
+        with run.log_path.open("w", newline="") as f:
+            csv.writer(f).writerow(LOG_FIELDS)
+    bar = _progress_bar(cfg, run.step, run.main_proc)
     t_start = time.time()
     last_ckpt = time.time()
-    model.train()
+    run.model.train()
     t_step = time.time()
-    while step < cfg.steps and not stop["flag"]:
-        x = next(batches)
-        factor = _lr_factor(cfg, step, seconds)
-        for grp in opt.param_groups:
-            grp["lr"] = grp["base_lr"] * factor
-        if cfg.gamma_warmup_steps:
-            criterion.gamma = cfg.gamma * min(1.0, step / cfg.gamma_warmup_steps)
-        lm = sample_lmbda(cfg, model, x.shape[0])  # on the host: the model moves it, no sync
-        losses, aux = train_step(net, model, criterion, opt, aux_opt, x, lm, cfg.clip_grad)
-        step += 1
+    while run.step < cfg.steps and not run.stop:
+        losses, aux = _step(run)
         now = time.time()
-        seconds += now - t_step
+        run.seconds += now - t_step
         t_step = now
-        if main_proc:
+        if run.main_proc:
             bar.update(1)
-            if step % cfg.log_every == 0 or step == 1:
-                row = [step, round(time.time() - t_start, 2)] + [
-                    round(losses[k].item(), 5) for k in ("loss", "bpp", "psnr_db", "sparsity",
-                                                         "reg")] + [round(aux.item(), 3),
-                                                                    opt.param_groups[0]["lr"]]
-                with log_path.open("a", newline="") as f:
-                    csv.writer(f).writerow(row)
-                bar.set_postfix(loss=f"{losses['loss'].item():.3f}",
-                                bpp=f"{float(losses['bpp']):.3f}",
-                                psnr=f"{float(losses['psnr_db']):.2f}",
-                                sp=f"{float(losses['sparsity']):.2f}")
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                v = validate(model, cfg, val_images, device)
-                v["step"] = step
-                history.append(v)
-                bar.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
+            if run.step % cfg.log_every == 0 or run.step == 1:
+                _log(run, losses, aux, bar, t_start)
+            if run.step % cfg.val_every == 0 or run.step == cfg.steps:
+                _validate_into_history(run, bar)
                 t_step = time.time()  # validation time is not training time
-        if max_minutes and time.time() - t_start > 60 * max_minutes:
-            stop["flag"] = True
-        if cfg.time_budget_minutes and seconds >= 60 * cfg.time_budget_minutes:
-            stop["flag"] = True
-        if distributed:
-            flag = torch.tensor([float(stop["flag"])], device=device)
-            dist.all_reduce(flag)
-            stop["flag"] = bool(flag.item())
+        run.stop = _should_stop(run, t_start, max_minutes)
         if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
-            checkpoint()
+            _checkpoint(run)
             last_ckpt = time.time()
-    if main_proc and cfg.time_budget_minutes and (not history or history[-1]["step"] != step):
-        v = validate(model, cfg, val_images, device)   # the budget ended the run: validate it
-        v["step"] = step
-        history.append(v)
-        bar.write(f"[val step {step}] {_fmt_val(v)}", file=sys.stderr)
-    checkpoint()
-    bar.close()
-    if main_proc:
-        budget_spent = cfg.time_budget_minutes and seconds >= 60 * cfg.time_budget_minutes
-        state = ("finished" if step >= cfg.steps or budget_spent
-                 else "stopped (resume with --resume)")
-        print(f"{cfg.name}: {state} at step {step}; checkpoint {ckpt_path}", file=sys.stderr)
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return run_dir
+    _finish(run, bar)
+    return run.run_dir
 
 
 def _progress_bar(cfg: TrainConfig, step: int, enabled: bool):
