@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     images = sorted(args.data.glob("*.png"))[: args.limit]
     if not images:
-        print(f"no Kodak images in {args.data}: skipped", file=sys.stderr)
-        return 0
+        print(f"grid_speed: no Kodak images in {args.data}: nothing measured", file=sys.stderr)
+        return 1
     xs = [to_tensor(load_rgb(p)) for p in images]
     ecgbm = load_model(args.dir / "hyperprior-ecgbm.safetensors")
     rows = []

@@ -51,6 +51,8 @@ def picture(width: int, height: int) -> np.ndarray:
     else:
         from varicodec.demo import synthetic_image
 
+        print(f"memory.py: no Kodak at {KODAK}: measuring synthetic pictures instead",
+              file=sys.stderr)
         tiles = [synthetic_image(768, 512, seed=i) for i in range(4)]
     out = np.empty((height, width, 3), np.uint8)
     k = 0

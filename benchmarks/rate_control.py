@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.data.is_dir():
-        print(f"rate_control: no image folder at {args.data}; skipping", file=sys.stderr)
-        return 0
+        print(f"rate_control: no image folder at {args.data}: nothing measured", file=sys.stderr)
+        return 1
     images = sorted(p for p in args.data.iterdir()
                     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif"))
     images = images[: args.limit] if args.limit else images

@@ -606,9 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         memory_probe(args.memory_probe)
         return 0
     if not args.data.is_dir() or not sorted(args.data.glob("*.png")):
-        print(f"Kodak images not found at {args.data} (see ../shared/data/README.md); "
-              "skipping the benchmark.")
-        return 0
+        print(f"sparse_speed: Kodak images not found at {args.data} (see "
+              "../shared/data/README.md): nothing measured", file=sys.stderr)
+        return 1
     if args.weights is not None and not args.weights.is_file():
         sys.exit(f"--weights: no such file {args.weights}")
     load_before = os.getloadavg()

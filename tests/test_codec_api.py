@@ -3,17 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_benchmark
 from PIL import Image
+from tiny_models import tiny_model
 
 from varicodec.codec import decode, decode_image, encode, encode_image, info, pretrained
 from varicodec.errors import FormatError, ModelMismatchError, VaricodecError, VaricodecWarning
 from varicodec.models import registry, save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-tiny_model = load_benchmark("fuzz_format").tiny_model
 
 
 @pytest.fixture(scope="module")

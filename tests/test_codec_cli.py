@@ -8,23 +8,22 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pytest
-from conftest import load_benchmark
 from PIL import Image
+from tiny_models import tiny_model
 
 from varicodec.cli import main
 from varicodec.models import save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-_fuzz = load_benchmark("fuzz_format")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     return {
-        "vr": str(save_model(_fuzz.tiny_model("hyperprior-ecgbm", 0), d / "vr.safetensors")),
-        "other": str(save_model(_fuzz.tiny_model("hyperprior-ecgbm", 1), d / "o.safetensors")),
-        "fixed": str(save_model(_fuzz.tiny_model("hyperprior-base", 0), d / "f.safetensors")),
+        "vr": str(save_model(tiny_model("hyperprior-ecgbm", 0), d / "vr.safetensors")),
+        "other": str(save_model(tiny_model("hyperprior-ecgbm", 1), d / "o.safetensors")),
+        "fixed": str(save_model(tiny_model("hyperprior-base", 0), d / "f.safetensors")),
     }
 
 
@@ -337,7 +336,7 @@ def test_models_marks_bundled_weights(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "varicodec" / "weights")
     registry.WEIGHTS_DIR.mkdir(parents=True)
-    save_model(_fuzz.tiny_model("hyperprior-bm", 0), registry.WEIGHTS_DIR /
+    save_model(tiny_model("hyperprior-bm", 0), registry.WEIGHTS_DIR /
                "hyperprior-bm.safetensors", card={"steps": 12, "recipe": {"name": "r-x"}})
     rc, out, _ = run(capsys, "models")
     lines = out.splitlines()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import load_benchmark
 from PIL import Image
+from tiny_models import tiny_model
 
 from varicodec.codec import encode_image, info
 from varicodec.codec.rate_control import search_lmbda_code
@@ -57,7 +58,7 @@ def test_unreachable_precision_gives_closest():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    m = load_benchmark("fuzz_format").tiny_model("hyperprior-ecgbm", 0)
+    m = tiny_model("hyperprior-ecgbm", 0)
     return save_model(m, tmp_path_factory.mktemp("m") / "vr.safetensors")
 
 
@@ -67,7 +68,7 @@ def smooth(h, w, seed=0):
     return np.asarray(small.resize((w, h), Image.BICUBIC))
 
 
-def test_real_bpp_target_one_analysis(model_path, target=0.3):
+def test_real_bpp_target_one_analysis(model_path, target=1.0):
     from varicodec.codec import resolve_model
 
     model = resolve_model(model_path)
@@ -103,9 +104,8 @@ def test_benchmark_script(model_path, tmp_path):
     for i in range(2):
         Image.fromarray(smooth(64, 64, seed=i)).save(tmp_path / f"im{i}.png")
     rc_bench = load_benchmark("rate_control")
-    result = rc_bench.run(sorted(tmp_path.glob("*.png")), model_path, targets=(0.5,))
+    result = rc_bench.run(sorted(tmp_path.glob("*.png")), model_path, targets=(1.0,))
     table = rc_bench.format_table(result)
-    assert "| 0.5 | 2 | 0 |" in table
+    assert "| 1 | 2 | 0 |" in table
     for s in result["summary"].values():
         assert s["worst_abs_error"] <= 0.02 and s["time_ratio"] > 0
-    assert rc_bench.main(["--data", str(tmp_path / "nothing")]) == 0  # absent data: skip

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import load_benchmark
+from tiny_models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 fuzz_format = load_benchmark("fuzz_format")
@@ -10,7 +11,7 @@ fuzz_format = load_benchmark("fuzz_format")
 
 def test_fuzz_300_cases():
     torch.manual_seed(0)
-    model = fuzz_format.tiny_model("hyperprior-ecgbm")
+    model = tiny_model("hyperprior-ecgbm")
     r = fuzz_format.fuzz(model, cases=300, seed=0, recrc=0.3, timeout_s=30.0)
     assert r["failures"] == []
     assert sum(r["outcomes"].values()) == 300
@@ -35,7 +36,7 @@ def test_crafted_sizes_do_not_crash_the_entropy_decoder():
     from varicodec.codec.format import Container
     from varicodec.codec.pretrained import fingerprint
 
-    model = fuzz_format.tiny_model("hyperprior-ecgbm")
+    model = tiny_model("hyperprior-ecgbm")
     from varicodec.errors import DesyncError
 
     for z, y in ((b"\xf2", b""), (b"", b""), (b"\xff" * 64, b"\xff" * 300)):

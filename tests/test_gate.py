@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from conftest import set_sparsity, tiny
+from conftest import tiny
+from tiny_models import compress_rich, texture, tiny_model
 
 from varicodec.layers import EnergyChannelGate, eca_kernel_size, insert_gates
 
@@ -65,29 +66,41 @@ def test_dense_checkpoint_loads_into_gated_model():
     gated = tiny("hyperprior-ecg")
     res = gated.load_state_dict(base.state_dict(), strict=False)
     assert not res.unexpected_keys
-    assert all(".gate." in k for k in res.missing_keys)
+    gate_keys = {k for k in gated.state_dict() if ".gate." in k}
+    assert gate_keys and set(res.missing_keys) == gate_keys
 
 
-def test_unstable_hyper_gates_are_sent(image):
+def test_unstable_hyper_gates_are_sent():
     """When a hyper-synthesis gate decision is too close to call, the encoder sends
     the masks and the decoder uses them instead of recomputing."""
-    model = tiny("hyperprior-ecg").eval()
-    set_sparsity(model, 0.8)
-    model.update()
-    c_stable = model.compress(image)
+    from varicodec.errors import DesyncError
+
+    image = texture()
+    model = tiny_model("hyperprior-ecg", alpha=0.8)
     hs = model._hs_gates()
-    for g in hs:  # pretend float noise made a decision ambiguous
-        g.STABILITY_TOL = 10.0
+    for g in hs:  # every decision counts as clear: nothing is sent
+        g.STABILITY_TOL = -1.0
     try:
-        c = model.compress(image)
+        c_stable = compress_rich(model, image)
+        for g in hs:  # pretend float noise made a decision ambiguous
+            g.STABILITY_TOL = 10.0
+        c = compress_rich(model, image)
     finally:
         for g in hs:
             del g.STABILITY_TOL
+    assert c_stable["strings"][2] == [b""]
     side = c["strings"][2][0]
     assert len(side) == (sum(g.channels for g in hs) + 7) // 8
     assert c["strings"][:2] == c_stable["strings"][:2]
     d = model.decompress(c["strings"], c["shape"])
     d0 = model.decompress(c_stable["strings"], c_stable["shape"])
     torch.testing.assert_close(d["x_hat"], d0["x_hat"])
+    # the decoder really uses the sent masks: one flipped bit gives other scales, so
+    # other symbols (without the guard stream) or a failed symbol check (with it)
+    flipped = [c["strings"][0], c["strings"][1], [bytes([side[0] ^ 0x80]) + side[1:]]]
+    other = model.decompress(flipped, c["shape"])  # version-1 layout: no guard
+    assert (other["y_hat"] - d["y_hat"]).abs().max() > 1
+    with pytest.raises(DesyncError):
+        model.decompress([*flipped, c["strings"][3]], c["shape"])
     with pytest.raises(ValueError, match="wrong length"):
         model.decompress([c["strings"][0], c["strings"][1], [side[:-1]]], c["shape"])

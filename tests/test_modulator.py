@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import tiny
+from tiny_models import compress_rich, texture, tiny_model
 
 from varicodec.layers import BitrateModulator, LmbdaRange
 from varicodec.quality import QUALITY_LMBDAS, lmbda_to_quality, quality_to_lmbda
@@ -30,10 +31,10 @@ def test_lambda_code_roundtrip_and_range():
         r.check(float("nan"))
 
 
-def test_decoder_applies_encoders_lambda(image):
-    model = tiny("mean-bm").eval()
-    model.update()
-    c = model.compress(image, lmbda=0.0421)
+def test_decoder_applies_encoders_lambda():
+    image = texture()
+    model = tiny_model("mean-bm")
+    c = compress_rich(model, image, lmbda=0.0421)
     assert c["lmbda"] == pytest.approx(0.0421, rel=1e-4)
     assert model.lmbda_range.decode(c["lmbda_code"]) == c["lmbda"]
     with torch.no_grad():
@@ -45,11 +46,11 @@ def test_decoder_applies_encoders_lambda(image):
     assert (other["x_hat"] - d["x_hat"]).abs().max() > 1e-3
 
 
-def test_two_lambdas_two_bitstreams(image):
-    model = tiny("hyperprior-ecgbm").eval()
-    model.update()
+def test_two_lambdas_two_bitstreams():
+    image = texture()
+    model = tiny_model("hyperprior-ecgbm")
     a = model.compress(image, lmbda=0.002)
-    b = model.compress(image, lmbda=0.15)
+    b = compress_rich(model, image, lmbda=0.15)
     assert a["strings"][0] != b["strings"][0]
     assert len(b["strings"][0][0]) > len(a["strings"][0][0])
 

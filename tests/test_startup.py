@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+from tiny_models import tiny_model
 
 # the shim registers `compressai` itself (its __init__ deferred): count what runs code
 HEAVY = ("torch", "compressai.entropy_models", "scipy", "torch_geometric")
@@ -39,7 +39,7 @@ def test_cli_paths_need_no_torch(argv):
 def test_info_needs_no_torch(tmp_path):
     from varicodec.codec import encode
 
-    model = load_benchmark("fuzz_format").tiny_model("hyperprior-ecgbm", 0)
+    model = tiny_model("hyperprior-ecgbm", 0)
     model.update(force=True)
     path = tmp_path / "a.vcd"
     path.write_bytes(encode(np.zeros((8, 8, 3), np.uint8), model, quality=3))
