@@ -11,7 +11,6 @@ import math
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -39,12 +38,9 @@ __all__ = ["train", "train_step", "build_model", "git_commit", "load_init_weight
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    from ..util import git_commit as commit
+
+    return commit(short=True) or "unknown"
 
 
 def build_model(cfg: TrainConfig) -> VaricodecModel:

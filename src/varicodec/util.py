@@ -1,0 +1,103 @@
+"""Small utilities with one home: writing a file atomically, listing image files,
+asking git which commit is running. Plain standard library, no torch.
+
+File mode: every file varicodec writes (``.vcd`` files, decoded images, weights,
+training checkpoints) gets ``0o666 & ~umask``, the mode ``open()`` would give it —
+what the user's umask says, the same for every kind of output. (Weights were 0644
+and checkpoints 0600 by accident of ``tempfile.mkstemp`` before; neither holds
+anything secret, and a umask of 077 still makes both private.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+__all__ = ["IMAGE_SUFFIXES", "atomic_write", "git", "git_commit", "git_dirty",
+           "is_image_name", "list_images"]
+
+#: file name extensions read as images by the codec, training and evaluation
+#: (lower case; Pillow reads them all)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp",
+                  ".gif")
+
+#: the repository this package runs from, when it runs from a checkout
+_REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------ writing
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` all at once or not at all.
+
+    ``write(tmp)`` writes the content to ``tmp``, a fresh file in ``path``'s folder
+    (so the final ``os.replace`` is a rename on one file system); on any error
+    ``tmp`` is removed and ``path`` is left as it was. The file gets mode
+    ``0o666 & ~umask``. The folder must exist.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------ listing
+def is_image_name(path: str | os.PathLike, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> bool:
+    """``path`` names an image file by its extension (case-insensitive); hidden names
+    (``.name``) never do."""
+    p = Path(path)
+    return p.suffix.lower() in tuple(suffixes) and not p.name.startswith(".")
+
+
+def list_images(folder: str | os.PathLike, suffixes: Iterable[str] = IMAGE_SUFFIXES,
+                what: str = "image folder") -> list[Path]:
+    """The files directly in ``folder`` whose names pass :func:`is_image_name`
+    (with ``suffixes``, e.g. ``(".vcd",)``), sorted by name; possibly none.
+
+    ``FileNotFoundError`` / ``NotADirectoryError`` name the folder as ``what``.
+    """
+    d = Path(folder)
+    if not d.exists():
+        raise FileNotFoundError(f"no such {what}: {d}")
+    if not d.is_dir():
+        raise NotADirectoryError(f"{what} is not a folder: {d}")
+    suffixes = tuple(suffixes)
+    return sorted(p for p in d.iterdir() if is_image_name(p, suffixes) and p.is_file())
+
+
+# -------------------------------------------------------------------- git
+def git(*args: str, cwd: str | os.PathLike = _REPO) -> str | None:
+    """``git ARGS`` in ``cwd`` (default: this package's checkout): its stripped output,
+    or ``None`` when git is missing, fails or there is no repository."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_commit(short: bool = False) -> str | None:
+    """The commit this package's checkout is at, or ``None`` outside a checkout."""
+    return git("rev-parse", *(["--short"] if short else []), "HEAD") or None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from that commit (``None``: unknown)."""
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
