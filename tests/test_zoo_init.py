@@ -49,7 +49,8 @@ def zoo_cache(zoo: str, quality: int, seed: int = 0, extra_key: bool = False):
     torch.manual_seed(seed)
     net = image.model_architectures[zoo](*image.cfgs[zoo][quality])
     with torch.no_grad():  # a non-trivial entropy bottleneck
-        net.entropy_bottleneck.quantiles.add_(0.1 * torch.randn_like(net.entropy_bottleneck.quantiles))
+        q = net.entropy_bottleneck.quantiles
+        q.add_(0.1 * torch.randn_like(q))
     net.update(force=True)
     state = {}
     for k, v in net.state_dict().items():
@@ -159,7 +160,8 @@ def test_bm_defaults_to_quality_8_and_codes_like_it(x):
 
 def test_wrong_size_architecture_and_spec_are_clear():
     with pytest.raises(ValueError, match=r"quality 8 has N=192, M=320.*set N: 192 and M: 320"):
-        load_init(create_model("hyperprior-base", N=128, M=192), "compressai:bmshj2018-hyperprior:8")
+        load_init(create_model("hyperprior-base", N=128, M=192),
+                  "compressai:bmshj2018-hyperprior:8")
     with pytest.raises(ValueError, match="quality 5 has N=192, M=320"):
         load_init(create_model("mean-base", N=128, M=192), "compressai:mbt2018-mean:5")
     with pytest.raises(ValueError, match="joint architecture; the recipe's model is mean-base"):
@@ -176,7 +178,8 @@ def test_wrong_size_architecture_and_spec_are_clear():
 def test_missing_cache_without_network_is_one_line(offline):
     _, path = zoo_file("bmshj2018-hyperprior", 2)
     with pytest.raises(FileNotFoundError) as e:
-        load_init(create_model("hyperprior-base", N=128, M=192), "compressai:bmshj2018-hyperprior:2")
+        load_init(create_model("hyperprior-base", N=128, M=192),
+                  "compressai:bmshj2018-hyperprior:2")
     msg = str(e.value)
     assert "\n" not in msg and "not cached" in msg and "network disabled" in msg
     assert str(path) in msg and offline[0] in msg and "TORCH_HOME" in msg
@@ -272,3 +275,21 @@ def test_train_without_cache_or_network_fails_in_one_line(tmp_path, images, caps
                  "compressai:bmshj2018-hyperprior:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "download https://" in err[0] and "put it at" in err[0]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "zoo").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_zoo_recipes_fit_their_pretrained_model(path):
+    from varicodec.train import load_config
+    from varicodec.train.init import parse_zoo_spec
+    from varicodec.train.loop import build_model
+
+    cfg = load_config(path)
+    model = build_model(cfg)
+    zoo, quality = parse_zoo_spec(cfg.init, model)    # architecture, N/M, λ range
+    if model.variable_rate:
+        assert quality == 8 and cfg.lmbda_ref == QUALITY_LMBDAS[7]
+    else:
+        assert cfg.lmbda == QUALITY_LMBDAS[quality - 1]
+    if model.gated:
+        assert cfg.gamma > 0
