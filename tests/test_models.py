@@ -89,8 +89,10 @@ def test_joint_coding_matches_encoder(name):
         return out
 
     model.net._compress_ar = spy
-    c = compress_rich(model, image, lmbda=_lm(model))
-    d = model.decompress(c["strings"], c["shape"], c["lmbda_code"])
+    # CompressAI's sequential loop, which the spy watches (tests/test_wavefront.py checks
+    # the default wavefront coder against it)
+    c = compress_rich(model, image, lmbda=_lm(model), order="sequential")
+    d = model.decompress(c["strings"], c["shape"], c["lmbda_code"], order="sequential")
     torch.testing.assert_close(d["y_hat"], seen["y_hat"], atol=1e-5, rtol=0)
     # the image itself is coded: the analysis of another image gives another ŷ
     with torch.no_grad():

@@ -110,9 +110,10 @@ def assert_rich(seen: dict[str, list[Tensor]], minimum: int = MIN_DISTINCT) -> N
     assert all(n > minimum for n in counts.values()), f"trivial streams: {counts} distinct"
 
 
-def compress_rich(model: VaricodecModel, x: Tensor, lmbda: float | None = None) -> dict:
-    """``model.compress(x, lmbda)``, asserting that both streams are non-trivial."""
+def compress_rich(model: VaricodecModel, x: Tensor, lmbda: float | None = None,
+                  **kw) -> dict:
+    """``model.compress(x, lmbda, **kw)``, asserting that both streams are non-trivial."""
     with coded_symbols() as seen:
-        c = model.compress(x, lmbda=lmbda)
+        c = model.compress(x, lmbda=lmbda, **kw)
     assert_rich(seen)
     return c

@@ -192,10 +192,10 @@ def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
     n_z = model.config["N"] * zh * zw
     n_y = model.config["M"] * zh * zw * 16  # y is 4× finer than z in each direction
     strings = [[_guarded(c.y, n_y)], [_guarded(c.z, n_z)]] + ([[c.side]] if model.gated else [])
-    if c.guard is not None:  # format version 2: explicit indexes and the symbol check
+    if c.guard is not None:  # format version 2 on: explicit indexes and the symbol check
         strings.append([c.guard])
     try:
-        out = model.decompress(strings, (zh, zw), c.lmbda_code)
+        out = model.decompress(strings, (zh, zw), c.lmbda_code, order=c.coding_order)
     except (ValueError, RuntimeError, IndexError, OverflowError) as e:
         raise FormatError(f"cannot decode the entropy-coded streams ({e})") from None
     x_hat = out["x_hat"][..., : c.height, : c.width]

@@ -4,7 +4,7 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
 
     offset  size  field
     0       3     magic  b"VCD"
-    3       1     format version (2; version 1 files are still read)
+    3       1     format version (3; versions 1 and 2 are still read)
     4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream; bits 3-7 zero
     5       1     model id (registry name, table MODEL_IDS)
     6       8     weights fingerprint (varicodec.models.weights_fingerprint)
@@ -14,7 +14,7 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
     ..      v     len(z)                         varint
     ..      1     len(side)                      only if flag bit 2; 1..255
     ..      v     len(alpha)                     only if flag bit 1; varint
-    ..      v     len(guard)                     varint; version 2 only
+    ..      v     len(guard)                     varint; version 2 on
     ..      ..    z, side, alpha, guard streams, y stream (y takes the rest)
     end-4   4     CRC-32 (zlib) of every byte before it
 
@@ -23,10 +23,13 @@ The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉
 *overhead* (``Container.overhead``): 22 bytes plus 2 for the λ code of a
 variable-rate model, 1-3 for ``len(z)`` (z < 2 MiB), 1 if a side stream is
 present, 1-4 if alpha is (alpha stream < 256 MiB) and 1-3 for ``len(guard)``
-(version 2; guard < 2 MiB) — 27 bytes for a variable-rate RGB Kodak image and
-at most 35 in all. The guard stream (version 2) holds a CRC-32 of the entropy-coded symbols
+(version 2 on; guard < 2 MiB) — 27 bytes for a variable-rate RGB Kodak image and
+at most 35 in all. The guard stream (version 2 on) holds a CRC-32 of the entropy-coded symbols
 and the latents whose scale index the encoder made explicit
 (``varicodec.models.codec_model._pack_guard``).
+Version 3 has version 2's layout; in it a joint model's y stream is coded in
+wavefront order (``varicodec.models.wavefront``), in versions 1-2 in CompressAI's
+position-by-position order (:attr:`Container.coding_order`).
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -57,9 +60,13 @@ __all__ = [
 ]
 
 MAGIC = b"VCD"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: versions this reader decodes; version 1 has no guard stream (no symbol check)
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
+#: the first version whose joint-model y stream is in wavefront order
+#: (varicodec.models.wavefront); versions 1-2 hold CompressAI's sequential order.
+#: The layout is version 2's; hyperprior and mean files differ only in this byte.
+WAVEFRONT_VERSION = 3
 
 #: registry name → model id byte, from the registry's append-only ``format_ids``
 MODEL_IDS: dict[str, int] = {
@@ -160,7 +167,7 @@ class Container:
     ``y``, ``z``: the entropy-coded latent and hyper-latent; ``side``: the gate
     masks of ``h_s`` (``b""`` when the decoder recomputes them); ``alpha``: the
     zlib-compressed alpha plane, or ``None``; ``guard``: the symbol check and the
-    explicit scale indexes (format version 2; ``None`` in a version 1 file).
+    explicit scale indexes (format version 2 on; ``None`` in a version 1 file).
     """
 
     model_name: str
@@ -200,6 +207,12 @@ class Container:
     def mode(self) -> str:
         """The decoded image's Pillow mode: ``RGB``, ``RGBA``, ``L`` or ``LA``."""
         return ("L" if self.gray else "RGB") + ("A" if self.alpha is not None else "")
+
+    @property
+    def coding_order(self) -> str:
+        """The order of an autoregressive (joint) model's y symbols in this file, for
+        ``VaricodecModel.decompress(order=…)``: ``"wavefront"`` or ``"sequential"``."""
+        return "wavefront" if self.version >= WAVEFRONT_VERSION else "sequential"
 
     @property
     def pixels(self) -> int:

@@ -45,10 +45,14 @@ from torch import Tensor, nn
 from ..errors import DesyncError
 from ..layers import BitrateModulator, EnergyChannelGate, LmbdaRange, gates_of, insert_gates
 from .registry import ARCHITECTURES, VARIANTS
+from .wavefront import WavefrontCoder, supports_wavefront
 
 __all__ = ["VaricodecModel", "ARCHITECTURES", "VARIANTS", "INDEX_MARGIN"]
 
 DEFAULT_LMBDA_RANGE = (0.0018, 0.18)
+
+#: coding orders of an autoregressive model's latent (``compress`` / ``decompress``)
+CODING_ORDERS = ("wavefront", "sequential")
 
 #: A latent whose predicted scale ``s`` lies within ``|s / t − 1| < INDEX_MARGIN`` of a
 #: scale-table boundary ``t`` gets its index made explicit in the guard stream. The
@@ -301,13 +305,24 @@ class VaricodecModel(nn.Module):
     def _hs_gates(self) -> list[EnergyChannelGate]:
         return [g for _, g in gates_of(self.net.h_s)]
 
+    def _coder(self, order: str):
+        """What codes the latent: the :class:`~.wavefront.WavefrontCoder` for an
+        autoregressive (joint) model in ``"wavefront"`` order, else the CompressAI
+        model itself (``"sequential"``: its position-by-position loop for the joint
+        model, the only order of the others)."""
+        if order not in CODING_ORDERS:
+            raise ValueError(f"unknown coding order {order!r}; choose from {CODING_ORDERS}")
+        if order == "wavefront" and supports_wavefront(self.net):
+            return WavefrontCoder(self.net)
+        return self.net
+
     def _latents_per_item(self, shape) -> int:
         """Number of latents ``y`` of one image whose hyper-latent is ``shape`` (H×W)."""
         return int(self.config["M"]) * int(shape[0]) * 4 * int(shape[1]) * 4
 
     @torch.no_grad()
     def compress(self, x: Tensor, lmbda: float | None = None,
-                 index_margin: float = INDEX_MARGIN) -> dict:
+                 index_margin: float = INDEX_MARGIN, order: str = "wavefront") -> dict:
         """Entropy-code ``x``.
 
         Returns ``{"strings": [y, z] (+ [gates] if gated) + [guard], "shape": z's
@@ -315,7 +330,9 @@ class VaricodecModel(nn.Module):
         stream is a list with one byte string per batch element. The guard stream
         holds a CRC-32 of the coded symbols and the latents whose scale lies within
         a relative ``index_margin`` of a scale-table boundary (``0``: none; for
-        tests), see :class:`_IndexGuard`.
+        tests), see :class:`_IndexGuard`. ``order``: the joint model's coding order,
+        ``"wavefront"`` (:mod:`.wavefront`, format version 3) or ``"sequential"``
+        (CompressAI's loop, versions 1-2); other models ignore it.
         """
         self._check_image(x)
         code = None
@@ -337,7 +354,7 @@ class VaricodecModel(nn.Module):
             g.forced_mask = None
         gc = self.net.gaussian_conditional
         with self._at(lm), _IndexGuard(gc, margin=index_margin) as guard:
-            out = self.net.compress(x)
+            out = self._coder(order).compress(x)
         strings = list(out["strings"])
         batch = x.shape[0]
         if self.gated:
@@ -372,13 +389,15 @@ class VaricodecModel(nn.Module):
             start += g.channels
 
     @torch.no_grad()
-    def decompress(self, strings: list[list[bytes]], shape, lmbda_code: int | None = None) -> dict:
+    def decompress(self, strings: list[list[bytes]], shape, lmbda_code: int | None = None,
+                   order: str = "wavefront") -> dict:
         """Inverse of :meth:`compress`. Returns ``{"x_hat", "y_hat"}``.
 
         ``y_hat`` is the entropy-decoded latent (before the inverse modulator).
         Without the guard stream (files of format version 1) the indexes are all
         recomputed and nothing is checked; with it, a decode whose symbols do not
-        match the encoder's raises :class:`~varicodec.errors.DesyncError`.
+        match the encoder's raises :class:`~varicodec.errors.DesyncError`. ``order``:
+        the joint model's coding order, as given to :meth:`compress`.
         """
         n_streams = 3 if self.gated else 2
         if len(strings) not in (n_streams, n_streams + 1):
@@ -407,7 +426,7 @@ class VaricodecModel(nn.Module):
         gc = self.net.gaussian_conditional
         try:
             with self._at(lm), _IndexGuard(gc, forced=forced) as guard:
-                out = self.net.decompress(list(strings[:2]), shape)
+                out = self._coder(order).decompress(list(strings[:2]), shape)
         finally:
             for g in self._hs_gates():
                 g.forced_mask = None
