@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "varicodec.codec.cli",
     "varicodec.train.cli",
     "varicodec.eval.cli",
+    "varicodec.serve.cli",
 )
 
 
