@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from PIL import Image
 
 from ..errors import FormatError, VaricodecError, VaricodecWarning
 from ..imageio import save_image
+from ..util import IMAGE_SUFFIXES, atomic_write, list_images
 from .format import MAGIC
 
 SUFFIX = ".vcd"
@@ -108,21 +108,12 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None], force: 
     """Write ``path`` via a temporary file in its folder and ``os.replace``."""
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (use --force to overwrite)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as f:
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    atomic_write(path, to_file)
 
 
 def _check_output(src: Path, out: Path, force: bool) -> None:
@@ -160,10 +151,6 @@ def _resolve_output(src: Path, output: str | None, decode: bool) -> Path:
     if out.is_dir():  # a folder as -o for one file: keep the default name, inside it
         return out / _default_output(src, decode).name
     return out
-
-
-def _is_image_name(p: Path) -> bool:
-    return p.suffix.lower() in Image.registered_extensions() and not p.name.startswith(".")
 
 
 # --------------------------------------------------------------- reporting
@@ -273,10 +260,7 @@ def _run(args: argparse.Namespace, decode: bool) -> int:
             return e.code
         return 0
     # a folder
-    if decode:
-        inputs = sorted(p for p in src.iterdir() if p.is_file() and p.suffix == SUFFIX)
-    else:
-        inputs = sorted(p for p in src.iterdir() if p.is_file() and _is_image_name(p))
+    inputs = list_images(src, (SUFFIX,) if decode else IMAGE_SUFFIXES)
     if not inputs:
         raise VaricodecError(f"no {'.vcd files' if decode else 'images'} in {src}")
     out_dir = Path(args.output) if args.output else src

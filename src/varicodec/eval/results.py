@@ -33,13 +33,14 @@ import json
 import math
 import os
 import platform
-import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..util import git_commit, git_dirty
 
 __all__ = [
     "SCHEMA",
@@ -59,15 +60,6 @@ PER_IMAGE_MEANS = (
     "bpp", "bpp_estimate", "psnr_db", "ms_ssim", "encode_s", "decode_s",
     "encoder_flops", "decoder_flops",
 )
-
-
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
 
 
 def _cpu_name() -> str:
@@ -100,15 +92,10 @@ def environment() -> dict[str, Any]:
     """Where and with what a measurement ran (stored in every results file)."""
     from .. import __version__
 
-    repo = Path(__file__).resolve().parents[3]
-    commit = _git(["rev-parse", "HEAD"], repo)
-    dirty = None
-    if commit is not None:
-        status = _git(["status", "--porcelain", "--untracked-files=no"], repo)
-        dirty = bool(status) if status is not None else None
+    commit = git_commit()
     return {
         "git_commit": commit,
-        "git_dirty": dirty,
+        "git_dirty": git_dirty() if commit is not None else None,
         "machine": platform.node(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),

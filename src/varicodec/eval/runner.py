@@ -34,6 +34,8 @@ from ..metrics import ms_ssim, psnr_db
 from ..models import VaricodecModel, create_model, list_models, load_model, weights_fingerprint
 from ..progress import progress_bar
 from ..quality import QUALITY_LMBDAS, lmbda_to_quality, quality_to_lmbda
+from ..util import IMAGE_SUFFIXES
+from ..util import list_images as _list_files
 from .classical import ClassicalCodec
 from .flops import count_flops, parameter_count
 from .results import SCHEMA, environment, summarize
@@ -50,8 +52,6 @@ __all__ = [
     "evaluate_models",
     "evaluate_codec",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # ------------------------------------------------------------------- coder
@@ -100,14 +100,9 @@ class VaricodecCoder:
 # ------------------------------------------------------------------ inputs
 def list_images(directory: str | os.PathLike, limit: int | None = None) -> list[Path]:
     """Image files directly in ``directory``, sorted by name, at most ``limit``."""
-    d = Path(directory)
-    if not d.exists():
-        raise FileNotFoundError(f"no such dataset folder: {d}")
-    if not d.is_dir():
-        raise NotADirectoryError(f"dataset must be a folder of images: {d}")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = _list_files(directory, what="dataset folder")
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {d}")
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be at least 1, got {limit}")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
+from ..util import atomic_write
 from . import registry as _registry
 from .registry import bundled_weights, create_model, list_models
 
@@ -74,16 +74,7 @@ def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None
     meta = {"varicodec.config": json.dumps(model.config),
             "varicodec.card": json.dumps(card or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_card(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -10,15 +10,15 @@ half checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..util import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -67,14 +67,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict, step: 
         **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"varicodec.checkpoint": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(
+        tensors, tmp, metadata={"varicodec.checkpoint": json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:

@@ -16,18 +16,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..util import IMAGE_SUFFIXES, list_images
+
 __all__ = ["RandomCropFolder", "ResumableSampler", "list_images", "usable_images",
            "report_images", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def usable_images(folder: str | Path, crop: int, read) -> tuple[list, int, list[str]]:
