@@ -163,7 +163,7 @@ def cmd_worker(a: argparse.Namespace) -> None:
     """In a process with one kernel set: encode (``--encode``) or decode every file."""
     from varicodec.codec.api import decode_image, encode_image
     from varicodec.errors import DesyncError
-    from varicodec.sparse import sparse_execution
+    from varicodec.layers import sparse_execution
 
     m = _model(a.model)
     work = Path(a.work)

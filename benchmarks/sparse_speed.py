@@ -28,7 +28,7 @@ does not depend on training except through the gates and the rate), made to
 look like a trained codec at about 0.5 bpp: the last analysis layer is scaled so
 that ``std(y) = 0.35`` (quantisation then keeps ~15 % of latents non-zero),
 ``h_a``'s last layer so that ``std(z) = 2``, and ``h_s`` is made to predict
-scales ≈ 0.35. Then :func:`varicodec.sparse.calibrate_alpha` sets each gate's
+scales ≈ 0.35. Then :func:`varicodec.layers.calibrate_alpha` sets each gate's
 ``α`` (one value per layer) on the first image so that exactly the target
 fraction of that layer's input channels is gated off; on the other images the
 same ``α`` gives whatever sparsity it gives (reported). With ``--weights`` the
@@ -180,7 +180,7 @@ class Runner:
     def setup(self) -> None:
         import torch
 
-        from varicodec.sparse import sparse_execution
+        from varicodec.layers import sparse_execution
 
         if self.varicodec:
             layout = {"sparse-cl": True, "sparse-nchw": False}.get(self.mode)
@@ -278,7 +278,7 @@ def count(run) -> int:
 
 def flops_report(model, runner: Runner, x, c: dict) -> dict[str, Any]:
     """Executed vs predicted FLOPs of one sparse encode and decode."""
-    from varicodec.sparse import sparse_execution
+    from varicodec.layers import sparse_execution
 
     out: dict[str, Any] = {}
     for op, run in (("encode", lambda: runner.encode(x)), ("decode", lambda: runner.decode(c))):
@@ -317,7 +317,7 @@ def gate_cost(model, runner: Runner, x, c: dict, reps: int) -> dict[str, Any]:
     """Time of the gate decisions (energy + 1-D conv + threshold) against coding time."""
     import torch
 
-    from varicodec.sparse import gated_convolutions
+    from varicodec.layers import gated_convolutions
 
     inputs: dict[str, Any] = {}
     handles = [m.register_forward_pre_hook(
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from varicodec.imageio import load_rgb, to_tensor
-    from varicodec.sparse import calibrate_alpha
+    from varicodec.layers import calibrate_alpha
 
     images = sorted(args.data.glob("*.png"))
     if args.limit:

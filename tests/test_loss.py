@@ -58,3 +58,18 @@ def test_flops_regularizer_weights_layers_by_their_multiply_adds(image):
     total.backward()
     assert gates[0].sparsity.grad.item() == pytest.approx(2 * share * macs[0] / sum(macs),
                                                           rel=1e-4)
+
+
+def test_regularizers_are_a_table_over_what_gates_declare(image):
+    from varicodec.losses import REGULARIZERS
+
+    model = tiny("mean-ecg").train()
+    gates = [g for _, g in model.gates()]
+    assert all(g.macs_per_channel is None and g.dense_macs is None for g in gates)
+    model(image)
+    assert all(g.dense_macs == g.macs_per_channel * g.channels > 0 for g in gates)
+    loss = RateDistortionLoss(gamma=1.0, sparsity_target=0.25)
+    for name, (term, target) in REGULARIZERS.items():
+        loss.regularizer = name
+        expected = term(gates, getattr(loss, target))
+        assert torch.equal(loss.sparsity_term(model), expected), name

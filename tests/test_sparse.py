@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import tiny
 
 from varicodec.layers import GatedConv2d, GatedConvTranspose2d
-from varicodec.sparse import calibrate_alpha, gated_convolutions, sparse_execution
+from varicodec.layers import calibrate_alpha, gated_convolutions, sparse_execution
 
 CL = torch.channels_last
 NAMES = [f"{a}-{v}" for a in ("hyperprior", "mean", "joint") for v in ("ecg", "ecgbm")]

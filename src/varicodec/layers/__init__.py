@@ -1,4 +1,5 @@
-"""The paper's two plug-ins: energy-based channel gating and the bit-rate modulator."""
+"""The paper's two plug-ins: energy-based channel gating and the bit-rate modulator,
+and the switch of the gated convolutions' sparse execution."""
 
 from .gate import (
     EnergyChannelGate,
@@ -9,14 +10,19 @@ from .gate import (
     insert_gates,
 )
 from .modulator import BitrateModulator, LmbdaRange
+from .sparse import GatedConv, calibrate_alpha, gated_convolutions, sparse_execution
 
 __all__ = [
     "BitrateModulator",
     "EnergyChannelGate",
+    "GatedConv",
     "GatedConv2d",
     "GatedConvTranspose2d",
     "LmbdaRange",
+    "calibrate_alpha",
     "eca_kernel_size",
+    "gated_convolutions",
     "gates_of",
     "insert_gates",
+    "sparse_execution",
 ]

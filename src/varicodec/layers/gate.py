@@ -29,7 +29,7 @@ activations on (outputs with fewer than 4 channels, i.e. images, come back in
 the standard layout); plain convolutions gain nothing from NHWC there and stay
 in NCHW, which also keeps the encoder's arithmetic closest to the dense one.
 The result equals the masked dense computation up to float rounding.
-:func:`varicodec.sparse.sparse_execution` switches the path off or picks the
+:func:`varicodec.layers.sparse_execution` switches the path off or picks the
 layout.
 
 What the gate cannot save: to decide, it needs the energy of every input
@@ -71,12 +71,18 @@ class EnergyChannelGate(nn.Module):
         alpha_init: initial value of the adjustment vector ``α``.
         temperature: width ``τ`` of the sigmoid surrogate, in units of ``e/l``.
 
-    Attributes set by every forward pass (read by losses, reports and the codec):
-        ``mask``: ``B×C`` bool, the hard gate.
-        ``sparsity``: scalar, fraction of channels gated off (straight-through:
-            the value is the hard fraction, the gradient flows to ``α``).
+    What a gate exposes (read by the losses, reports and the codec; ``None``
+    before the first forward pass):
+        ``mask``: ``B×C`` bool, the hard gate (every pass).
+        ``sparsity``: scalar, fraction of channels gated off (every pass;
+            straight-through: the value is the hard fraction, the gradient flows to ``α``).
         ``unstable``: bool, some decision lay within a relative ``1e-4`` of its
-            threshold, so float noise on another machine could flip it.
+            threshold, so float noise on another machine could flip it (inference).
+        ``macs_per_channel``: int, dense multiply-adds of the guarded convolution per
+            input channel at the last full-size pass, reported by that convolution
+            through :meth:`record_macs` (the FLOP regulariser weighs layers by it).
+        ``forced_mask``: ``B×C`` bool set by the decoder to impose the encoder's
+            decisions (the gate side stream), else ``None``.
     """
 
     STABILITY_TOL = 1e-4
@@ -100,9 +106,19 @@ class EnergyChannelGate(nn.Module):
         self.mask: Tensor | None = None
         self.sparsity: Tensor | None = None
         self.unstable = False
+        self.macs_per_channel: int | None = None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"
+
+    def record_macs(self, macs_per_channel: int) -> None:
+        """Called by the guarded convolution: its dense multiply-adds per input channel."""
+        self.macs_per_channel = int(macs_per_channel)
+
+    @property
+    def dense_macs(self) -> int | None:
+        """Multiply-adds of the guarded convolution with every channel live."""
+        return None if self.macs_per_channel is None else self.macs_per_channel * self.channels
 
     def threshold(self, energy: Tensor) -> tuple[Tensor, Tensor]:
         """Threshold ``α ⊙ (k ∗ e)`` and local mean ``k ∗ e``, both ``B×C``."""
@@ -224,8 +240,7 @@ class _GatedMixin:
         """Record the dense multiply-adds per input channel (for a FLOP-weighted
         sparsity target, :class:`varicodec.losses.RateDistortionLoss`) and pass ``out``."""
         kernel = self.weight[0, 0].numel()
-        self.gate.macs_per_channel = (out.shape[1] * out.shape[2] * out.shape[3] * kernel
-                                      // self.groups)
+        self.gate.record_macs(out.shape[1] * out.shape[2] * out.shape[3] * kernel // self.groups)
         return out
 
     def _sparse_applies(self, x: Tensor) -> bool:
