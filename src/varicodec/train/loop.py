@@ -271,30 +271,12 @@ def _setup(cfg: TrainConfig, resume: bool, init: str | None) -> _Run:
     cfg.init = init  # recorded in the checkpoint's recipe: the model card's lineage follows it
     pretrained = None
     if init and not (resume and ckpt_path.exists()):
-        result = load_init(model, init, progress=main_proc)
-        pretrained = result.pretrained
-        if result.lmbda_ref is not None:
-            cfg.lmbda_ref = result.lmbda_ref  # the recipe records where the modulators start
-        if main_proc:
-            for line in [result.describe(), *result.notes]:
-                print(line, file=sys.stderr)
+        pretrained = _load_init(cfg, model, init, main_proc)
     opt, aux_opt = make_optimizers(model, cfg, fused=device.type == "cuda")
     optimizers = {"main": opt, "aux": aux_opt}
     step, history, seconds = 0, [], 0.0
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
-        sd, tensors, meta = load_checkpoint(ckpt_path)
-        model.load_state_dict(sd)
-        restore_state(tensors, meta, optimizers)
-        if rank:
-            random.seed(cfg.seed + rank + meta["step"])
-            torch.manual_seed(cfg.seed + rank + meta["step"])
-        step, history = meta["step"], meta.get("history", [])
-        seconds = float(meta.get("train_seconds", 0.0))
-        pretrained = meta.get("pretrained")
-        if main_proc:
-            print(f"resumed {run_dir} at step {step}", file=sys.stderr)
+        step, history, seconds, pretrained = _resume(cfg, run_dir, model, optimizers, rank)
 
     apply_speedups(model, cfg)
     net = model
@@ -308,6 +290,36 @@ def _setup(cfg: TrainConfig, resume: bool, init: str | None) -> _Run:
     val_images = _center_crops(cfg.val_dir, cfg.val_images, cfg.val_crop) if main_proc else []
     return _Run(cfg, device, rank, distributed, run_dir, model, net, optimizers, criterion,
                 batches, val_images, step, history, seconds, pretrained)
+
+
+def _load_init(cfg: TrainConfig, model: VaricodecModel, init: str, main_proc: bool) -> dict | None:
+    """Starting weights from ``init``; returns the CompressAI zoo source they carry, if any."""
+    result = load_init(model, init, progress=main_proc)
+    if result.lmbda_ref is not None:
+        cfg.lmbda_ref = result.lmbda_ref  # the recipe records where the modulators start
+    if main_proc:
+        for line in [result.describe(), *result.notes]:
+            print(line, file=sys.stderr)
+    return result.pretrained
+
+
+def _resume(cfg: TrainConfig, run_dir: Path, model: VaricodecModel, optimizers: dict,
+            rank: int) -> tuple[int, list, float, dict | None]:
+    """Model, optimisers and RNGs from the run's checkpoint: ``(step, history,
+    training seconds, zoo source)``."""
+    ckpt_path = run_dir / CHECKPOINT
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
+    sd, tensors, meta = load_checkpoint(ckpt_path)
+    model.load_state_dict(sd)
+    restore_state(tensors, meta, optimizers)
+    if rank:
+        random.seed(cfg.seed + rank + meta["step"])
+        torch.manual_seed(cfg.seed + rank + meta["step"])
+    if rank == 0:
+        print(f"resumed {run_dir} at step {meta['step']}", file=sys.stderr)
+    return (meta["step"], meta.get("history", []), float(meta.get("train_seconds", 0.0)),
+            meta.get("pretrained"))
 
 
 def _step(run: _Run) -> tuple[dict, torch.Tensor]:
