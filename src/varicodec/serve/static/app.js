@@ -199,7 +199,8 @@ function render(job, r) {
     const sel = $(id);
     sel.replaceChildren(...options.map(([v, t]) => el("option", { value: v, text: t })));
   }
-  $("left").value = "original";
+  // at equal size, ours against JPEG first (the original is one click away)
+  $("left").value = panels.some((p) => p.codec === "jpeg") ? "jpeg" : "original";
   $("right").value = "ours";
   updateViewer();
 
@@ -241,9 +242,10 @@ function panelCard(job, p, best) {
   const downloads = el("div", { class: "downloads" },
     el("a", { href: fileUrl(job, `${p.codec}.${ext}`, true), download: "", text: `↓ .${ext}` }),
     el("a", { href: fileUrl(job, `${p.codec}.png`, true), download: "", text: "↓ decoded PNG" }));
-  const title = p.codec === "ours" ? `Ours · ${p.label}` : p.label;
+  const title = p.codec === "ours" ? "Ours" : p.label;
+  const setting = p.codec === "ours" ? `${p.label} · ${p.setting}` : p.setting;
   return el("article", { class: "card panel", "data-codec": p.codec },
-    el("h3", {}, el("span", { text: title }), el("span", { class: "setting", text: p.setting })),
+    el("div", {}, el("h3", { text: title }), el("div", { class: "setting", text: setting })),
     thumb, stats, el("div", { class: "note", text: p.note || "" }), downloads);
 }
 
@@ -272,7 +274,7 @@ function renderGating(r) {
     el("h3", { text: "Channel gating at this λ" }),
     el("div", { class: "muted small",
       text: `Share of each layer's input channels switched off for this image (mean ${(g.mean_sparsity * 100).toFixed(1)} %), and the convolution FLOPs this saves against the same network computing every channel.` }),
-    el("div", { class: "flops" }, flop("encoder", "Encoder (analysis + hyper-analysis)"), flop("decoder", "Decoder (hyper-synthesis + synthesis)")),
+    el("div", { class: "flops" }, flop("encoder", "Encoder (compress: g_a, h_a, h_s)"), flop("decoder", "Decoder (decompress: h_s, g_s)")),
     el("div", { class: "layers" }, ...layers));
   box.hidden = false;
 }
@@ -298,7 +300,7 @@ function applyZoom() {
   if (state.zoom === "fit") {
     const wrap = $("stage-wrap");
     const h = state.result ? state.result.image.height : 1;
-    const maxH = wrap.clientHeight ? Math.min(window.innerHeight * 0.72, 10000) : 600;
+    const maxH = Math.min(window.innerHeight * 0.7, 560);  // room for the panels below
     const fit = Math.min(wrap.clientWidth || w, w * (maxH / h));
     stage.style.width = `${Math.max(1, Math.floor(fit))}px`;
   } else {
