@@ -9,14 +9,20 @@ from varicodec.util import atomic_write, git_commit, is_image_name, list_images
 
 
 def test_atomic_write_gives_the_umask_mode(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     old = os.umask(0o027)
     try:
         path = atomic_write(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"x"))
+        # safetensors replaces the file with a 0600 one of its own
+        st = atomic_write(tmp_path / "w.safetensors",
+                          lambda tmp: save_file({"t": torch.zeros(2)}, tmp))
     finally:
         os.umask(old)
     assert path.read_bytes() == b"x"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(st.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "w.safetensors"]
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
