@@ -14,7 +14,10 @@
 The architecture's own ``forward`` / ``compress`` / ``decompress`` (CompressAI)
 are reused unchanged: the modulator is attached with hooks on ``g_a``'s output
 and ``g_s``'s input, and gates replace the convolutions in place, so one
-implementation serves every architecture of the registry.
+implementation serves every architecture of the registry. The one exception is
+the joint model's position-by-position loop, which :mod:`.wavefront` replaces by
+default (same symbols, coded wavefront by wavefront; ``order="sequential"`` keeps
+CompressAI's loop, for files of format versions 1-2).
 
 Decoding hazards, and what this class does about them:
 
@@ -27,8 +30,8 @@ Decoding hazards, and what this class does about them:
   sends all ``h_s`` gate masks as a bit-packed side stream (counted in the rate)
   and the decoder uses them.
 * The joint model's ``context_prediction`` and ``entropy_parameters`` run one
-  latent position at a time while decoding, so a gate over the whole decoded
-  latent cannot exist there: they stay dense.
+  latent position (one wavefront) at a time while decoding, so a gate over the
+  whole decoded latent cannot exist there: they stay dense.
 """
 
 from __future__ import annotations
@@ -470,7 +473,8 @@ class _IndexGuard:
     ``compress`` / ``decompress`` (and the joint model's position-by-position loops)
     run unchanged. Latents are numbered in coding order across the batch: element
     ``b``'s latent ``i`` is ``b · per_item + i`` (C×H×W order for the hyperprior and
-    mean models, position then channel for the joint model).
+    mean models, position then channel for the joint model, positions in sequential
+    or wavefront order).
 
     * encoder (``margin``): a latent whose scale lies within ``margin`` of boundary
       ``t_k`` is coded with index ``k + 1``, whichever side it fell on, and its
