@@ -1,0 +1,106 @@
+"""Write the manifest of a folder of research weights (docs/weights-policy.md).
+
+    python scripts/weights_manifest.py checkpoints/paper           # writes its MANIFEST.json
+    python scripts/weights_manifest.py checkpoints/paper --verify   # the files here match it?
+
+For every ``<name>.safetensors`` in the folder the manifest holds its size and sha256,
+its model card (the ``<name>.safetensors.json`` beside it, which stays in git: lineage,
+steps, recipe), the commands that regenerate it (train the recipe whose ``name`` the
+card records, then export), and — while the bytes are in git history — the command that
+restores exactly those bytes. Entries already in the manifest whose file is no longer
+on disk are kept as they are, so the manifest outlives the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def last_commit(rel: str) -> str | None:
+    out = subprocess.run(["git", "log", "-1", "--format=%H", "--", rel], cwd=ROOT,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def recipe_config(recipe: str) -> str | None:
+    """The config file whose ``name:`` line is ``recipe``."""
+    for cfg in sorted(CONFIGS.rglob("*.yaml")):
+        for line in cfg.read_text().splitlines():
+            if line.strip() == f"name: {recipe}":
+                return str(cfg.relative_to(ROOT))
+    return None
+
+
+def entry(path: Path) -> dict:
+    rel = str(path.relative_to(ROOT))
+    card_path = path.with_name(path.name + ".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    recipe = (card.get("recipe") or {}).get("name")
+    cfg = recipe_config(recipe) if recipe else None
+    commit = last_commit(rel)
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": sha256(path),
+        "card": card_path.name if card_path.exists() else None,
+        "model": card.get("name"),
+        "total_steps": card.get("total_steps"),
+        "regenerate": (f"varicodec train --config {cfg} && varicodec export runs/{recipe} "
+                       f"--out {rel}") if cfg else None,
+        "restore": f"git restore --source={commit} -- {rel}" if commit else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--verify", action="store_true",
+                    help="check the files present against the manifest; write nothing")
+    a = ap.parse_args()
+    folder = a.folder.resolve()
+    if not folder.is_dir():
+        print(f"weights_manifest: error: no such folder: {a.folder}", file=sys.stderr)
+        return 2
+    manifest_path = folder / "MANIFEST.json"
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"weights": []}
+    known = {e["file"]: e for e in old["weights"]}
+    files = sorted(folder.glob("*.safetensors"))
+    if a.verify:
+        bad = [p.name for p in files if p.name not in known or known[p.name]["sha256"] != sha256(p)]
+        print(f"{len(files) - len(bad)} of {len(files)} files match {manifest_path.name}"
+              + (f"; not matching: {', '.join(bad)}" if bad else ""))
+        return 1 if bad else 0
+    for p in files:
+        new = entry(p)
+        if new["restore"] is None and p.name in known:  # not in history (any more)
+            new["restore"] = known[p.name].get("restore")
+        known[p.name] = new
+    manifest = {
+        "policy": "docs/weights-policy.md",
+        "command": f"python scripts/weights_manifest.py {folder.relative_to(ROOT)}",
+        "weights": [known[n] for n in sorted(known)],
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {manifest_path.relative_to(ROOT)}: {len(known)} weights "
+          f"({sum(e['bytes'] for e in known.values()) / 1e6:.0f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
