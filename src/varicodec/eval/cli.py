@@ -21,8 +21,14 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def _add_reference(p: argparse.ArgumentParser) -> None:
     from ..models.registry import ARCHITECTURES
+
+    p.add_argument("--reference", action="append", default=[], choices=list(ARCHITECTURES),
+                   help="add CompressAI's published Kodak curve of this registry architecture")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     from .classical import codec_names
 
     p = subparsers.add_parser(
@@ -68,9 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("-o", "--output", required=True, help="figure file (.png, .pdf, .svg)")
-    p.add_argument("--reference", action="append", default=[],
-                   choices=list(ARCHITECTURES),
-                   help="add CompressAI's published Kodak curve of this architecture")
+    _add_reference(p)
     p.add_argument("--title", help="figure title")
     p.add_argument("--max-bpp", type=float, help="limit the rate axis of the RD panels")
     p.set_defaults(func=_cmd_plot)
@@ -82,9 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("--anchor", metavar="LABEL", help="BD-rate anchor curve (default: jpeg)")
-    p.add_argument("--reference", action="append", default=[],
-                   choices=list(ARCHITECTURES),
-                   help="add CompressAI's published Kodak curve of this architecture as a curve")
+    _add_reference(p)
     p.add_argument("--matrix", action="store_true", help="also the BD-rate of every pair")
     p.add_argument("--points", action="store_true", help="also list every rate point")
     p.add_argument("-o", "--output", help="write the Markdown here instead of stdout")

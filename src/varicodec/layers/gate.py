@@ -236,6 +236,12 @@ class _GatedMixin:
     #: docs/results/sparse.md: NHWC halves transposed convolutions, not plain ones)
     default_channels_last = False
 
+    def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # the convolution's own
+        self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
+        self.sparse = True
+        self.sparse_channels_last = self.default_channels_last
+
     def _dense(self, out: Tensor) -> Tensor:
         """Record the dense multiply-adds per input channel (for a FLOP-weighted
         sparsity target, :class:`varicodec.losses.RateDistortionLoss`) and pass ``out``."""
@@ -285,12 +291,6 @@ class GatedConv2d(_GatedMixin, nn.Conv2d):
     _weight_in_dim = 1
     default_channels_last = False
 
-    def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
-        self.sparse = True
-        self.sparse_channels_last = self.default_channels_last
-
     def forward(self, x: Tensor) -> Tensor:
         if not self._sparse_applies(x):
             return self._dense(super().forward(self.gate(x)))
@@ -304,12 +304,6 @@ class GatedConvTranspose2d(_GatedMixin, nn.ConvTranspose2d):
 
     _weight_in_dim = 0
     default_channels_last = True
-
-    def __init__(self, *args, gate_kwargs: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.gate = EnergyChannelGate(self.in_channels, **(gate_kwargs or {}))
-        self.sparse = True
-        self.sparse_channels_last = self.default_channels_last
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if not self._sparse_applies(x):
