@@ -228,6 +228,17 @@ def test_match_size_picks_the_closest_file():
     assert high.setting == 100 and "largest file" in high.note
 
 
+def test_gating_report_dense_cache(model):
+    from varicodec.serve.compare import gating_report
+
+    rgb = picture(80, 64)
+    cache: dict = {}
+    first = gating_report(model, rgb, 0.01, cache)
+    assert list(cache) == [(1, 3, 64, 128)]
+    assert gating_report(model, rgb, 0.01, cache) == first == gating_report(model, rgb, 0.01)
+    assert all(c.sparse for c in model.modules() if hasattr(c, "sparse"))  # switched back
+
+
 def test_target_parsing():
     assert Target.parse("jpeg", "49.6") == Target("jpeg", 50)
     assert Target.parse("quality", 1).label() == "our quality 1"

@@ -336,7 +336,8 @@ def _model_info(model) -> dict:
 
 
 # ------------------------------------------------------------------- gating
-def gating_report(model, rgb: np.ndarray, lmbda: float) -> dict:
+def gating_report(model, rgb: np.ndarray, lmbda: float,
+                  dense_cache: dict | None = None) -> dict:
     """Per-layer sparsity and FLOPs of a gated model at ``lmbda`` on ``rgb``.
 
     Encoder (``compress``) and decoder (``decompress``) are run under
@@ -344,7 +345,10 @@ def gating_report(model, rgb: np.ndarray, lmbda: float) -> dict:
     sparse path (what coding executes) and with it off, every input channel
     convolved (the dense cost of the same network). ``model`` must not be in use
     by another thread: the sparse switch is flipped for the second pass. Images
-    over :data:`GATING_MAX_PIXELS` get ``{"skipped": reason}``.
+    over :data:`GATING_MAX_PIXELS` get ``{"skipped": reason}``. The dense counts
+    depend on the padded image size only (the gates' decisions and λ change no
+    convolution's shape), so ``dense_cache`` (a dict kept per model by the caller)
+    saves that second pass for sizes seen before.
     """
     import torch
 
@@ -359,8 +363,13 @@ def gating_report(model, rgb: np.ndarray, lmbda: float) -> dict:
     before = [c.sparse for c in convs]
     counts = {}
     sparsity: dict[str, float] = {}
+    key = tuple(x.shape)
+    if dense_cache is not None and key in dense_cache:
+        counts.update(dense_cache[key])
     try:
         for mode in ("sparse", "dense"):
+            if f"encoder_{mode}" in counts:
+                continue
             for c in convs:
                 c.sparse = mode == "sparse"
             with torch.no_grad():  # FlopCounterMode's module tracker needs autograd on
@@ -372,6 +381,10 @@ def gating_report(model, rgb: np.ndarray, lmbda: float) -> dict:
     finally:
         for c, s in zip(convs, before):
             c.sparse = s
+    if dense_cache is not None:
+        if len(dense_cache) >= 256:  # bounded: a few ints per image size
+            dense_cache.clear()
+        dense_cache[key] = {k: v for k, v in counts.items() if k.endswith("_dense")}
     out: dict = {"lmbda": float(lmbda),
                  "layers": [{"name": n.removeprefix("net."), "sparsity": s}
                             for n, s in sparsity.items()],

@@ -161,6 +161,7 @@ class Worker:
         self._active = 0
         self._lock = threading.Lock()
         self._torch = SharedExclusive()
+        self._dense_flops: dict = {}  # padded shape → dense FLOP counts (one model)
 
     def _thread_model(self):
         m = getattr(self._local, "model", None)
@@ -213,7 +214,8 @@ class Worker:
                 job.state, job.message = "panels", "gating: counting FLOPs"
                 try:
                     with self._torch.exclusive():
-                        summary["gating"] = gating_report(model, rgb, c.lmbda)
+                        summary["gating"] = gating_report(model, rgb, c.lmbda,
+                                                          self._dense_flops)
                 except Exception as e:  # the panels stand without it
                     summary["gating"] = {"skipped": f"FLOPs not counted: {_one_line(e)}"}
             job.state = "done"
