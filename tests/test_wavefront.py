@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 from tiny_models import MIN_DISTINCT, coded_symbols, texture, tiny_model
 
 from varicodec.codec.api import decode_image, encode_image
@@ -197,3 +198,21 @@ def test_corrupted_and_truncated_streams_give_a_clear_error(files):
                 decode_image(bad, model)
         with pytest.raises(FormatError, match="truncated|CRC"):
             decode_image(data[:-7], model)
+
+
+def test_benchmark_without_kodak_measures_nothing(tmp_path, capsys):
+    bench = load_benchmark("joint_speed")
+    assert bench.main(["--data", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "nothing measured" in err and str(tmp_path / "nothing") in err
+
+
+def test_benchmark_row_compares_the_two_coders():
+    bench = load_benchmark("joint_speed")
+    model = tiny_model("joint-ecgbm", alpha=0.8)
+    rgb = texture(64, 128).mul(255).round().byte()[0].permute(1, 2, 0).numpy()
+    row = bench.measure(model, bytes(8), rgb, to_tensor(rgb), repeats=2)
+    seq, wf = row["sequential"], row["wavefront"]
+    assert seq["psnr_db"] == wf["psnr_db"] and abs(row["rate_change_pct"]) < 1
+    assert seq["bytes"] > 100 and row["y_hat_max_abs_diff"] < 1e-5
+    assert min(seq["decode_s"], wf["decode_s"], row["g_s_s"]) > 0

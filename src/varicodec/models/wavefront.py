@@ -42,6 +42,8 @@ only CompressAI's position-by-position loops.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from compressai.ans import RansDecoder, RansEncoder
 from compressai.models import JointAutoregressiveHierarchicalPriors
@@ -112,19 +114,19 @@ class WavefrontCoder:
         return w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous().to(device), \
             cp.bias.to(device)
 
-    def _gaussians(self, y_hat: Tensor, params: Tensor, rows: Tensor, cols: Tensor,
-                   weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    def _gaussians(self, y_hat: Tensor, params: Tensor, wave: _Wave, weight: Tensor,
+                   bias: Tensor) -> tuple[Tensor, Tensor]:
         """Scales and means (``P × M``) of one wavefront's ``P`` positions.
 
-        ``y_hat``: ``(H + 2p) × (W + 2p) × M``, the latent decoded so far (zeros
+        ``y_hat``: ``(H + 2p)(W + 2p) × M``, the padded latent decoded so far (zeros
         elsewhere), position-major so that a position's channels are contiguous;
-        ``params``: ``H × W × 2M``, ``h_s``'s output.
+        ``params``: ``HW × 2M``, ``h_s``'s output.
         """
         m = y_hat.shape[-1]
-        # the patch of position (h, w) starts at (h, w) in padded coordinates
-        patch = y_hat[rows[:, None] + self.tap_rows, cols[:, None] + self.tap_cols]  # P×taps×M
-        ctx = torch.addmm(bias, patch.reshape(rows.numel(), -1), weight)  # P × 2M
-        gp = _pointwise(self.net.entropy_parameters, torch.cat((params[rows, cols], ctx), 1))
+        patch = y_hat.index_select(0, wave.patch).view(wave.pos.numel(), -1)  # P × taps·M
+        ctx = torch.addmm(bias, patch, weight)  # P × 2M
+        gp = _pointwise(self.net.entropy_parameters,
+                        torch.cat((params.index_select(0, wave.pos), ctx), 1))
         return gp[:, :m].contiguous(), gp[:, m:].contiguous()
 
     def _tables(self) -> tuple[list, list, list]:
@@ -133,14 +135,22 @@ class WavefrontCoder:
                 gc.offset.reshape(-1).int().tolist())
 
     def _setup(self, params: Tensor):
-        """What both sides need: the wavefronts, context weights, tables, and the padded
-        position-major latent (B × (H + 2p) × (W + 2p) × M, zeros)."""
-        height, width = params.shape[-2:]
-        dev, p = params.device, self.padding
-        waves = [(r.to(dev), c.to(dev)) for r, c in wavefronts(height, width, self.slope)]
+        """What both sides need: the wavefronts, context weights, tables, the padded
+        position-major latent (``B × (H + 2p)(W + 2p) × M``, zeros) and ``params``
+        position-major (``B × HW × 2M``)."""
+        (height, width), p = params.shape[-2:], self.padding
+        dev, padded_width = params.device, width + 2 * p
+        waves = []
+        for rows, cols in wavefronts(height, width, self.slope):
+            # the patch of position (h, w) starts at (h, w) in padded coordinates
+            patch = (rows[:, None] + self.tap_rows) * padded_width + cols[:, None] + self.tap_cols
+            waves.append(_Wave((rows * width + cols).to(dev),
+                               ((rows + p) * padded_width + cols + p).to(dev),
+                               patch.reshape(-1).to(dev)))
         m = self.net.context_prediction.in_channels
-        y_hat = params.new_zeros(params.shape[0], height + 2 * p, width + 2 * p, m)
-        return waves, self._context_weights(dev), self._tables(), y_hat
+        y_hat = params.new_zeros(params.shape[0], (height + 2 * p) * padded_width, m)
+        params = params.flatten(2).transpose(1, 2).contiguous()
+        return waves, self._context_weights(dev), self._tables(), y_hat, params
 
     # ------------------------------------------------------------ coding
     def compress(self, x: Tensor) -> dict:
@@ -155,17 +165,17 @@ class WavefrontCoder:
         if params.shape[-2:] != y.shape[-2:]:
             raise ValueError(f"h_s output {tuple(params.shape[-2:])} does not match the "
                              f"latent {tuple(y.shape[-2:])}")
-        gc, p = net.gaussian_conditional, self.padding
-        waves, (weight, bias), (cdf, lengths, offsets), y_hat = self._setup(params)
-        params, y = params.permute(0, 2, 3, 1).contiguous(), y.permute(0, 2, 3, 1)
+        gc = net.gaussian_conditional
+        waves, (weight, bias), (cdf, lengths, offsets), y_hat, params = self._setup(params)
+        y = y.flatten(2).transpose(1, 2).contiguous()  # B × HW × M
         y_strings = []
         for b in range(y.shape[0]):
             symbols, indexes = [], []
-            for rows, cols in waves:
-                scales, means = self._gaussians(y_hat[b], params[b], rows, cols, weight, bias)
+            for wave in waves:
+                scales, means = self._gaussians(y_hat[b], params[b], wave, weight, bias)
                 indexes.append(gc.build_indexes(scales).reshape(-1))
-                s = gc.quantize(y[b, rows, cols], "symbols", means)
-                y_hat[b, rows + p, cols + p] = s.to(means.dtype) + means
+                s = gc.quantize(y[b].index_select(0, wave.pos), "symbols", means)
+                y_hat[b].index_copy_(0, wave.padded, s.to(means.dtype) + means)
                 symbols.append(s.reshape(-1))
             y_strings.append(RansEncoder().encode_with_indexes(
                 torch.cat(symbols).tolist(), torch.cat(indexes).tolist(), cdf, lengths, offsets))
@@ -180,13 +190,12 @@ class WavefrontCoder:
         params = net.h_s(z_hat)
         gc, p = net.gaussian_conditional, self.padding
         (height, width) = params.shape[-2:]
-        waves, (weight, bias), (cdf, lengths, offsets), y_hat = self._setup(params)
-        params = params.permute(0, 2, 3, 1).contiguous()
+        waves, (weight, bias), (cdf, lengths, offsets), y_hat, params = self._setup(params)
         for b, string in enumerate(strings[0]):
             decoder = RansDecoder()
             decoder.set_stream(string)
-            for rows, cols in waves:
-                scales, means = self._gaussians(y_hat[b], params[b], rows, cols, weight, bias)
+            for wave in waves:
+                scales, means = self._gaussians(y_hat[b], params[b], wave, weight, bias)
                 # only the tables this wavefront uses: the binding copies every table
                 # it is given on each call (~2 ms for all 64)
                 used, local = torch.unique(gc.build_indexes(scales), return_inverse=True)
@@ -195,9 +204,18 @@ class WavefrontCoder:
                     local.reshape(-1).tolist(), [cdf[i] for i in used],
                     [lengths[i] for i in used], [offsets[i] for i in used])
                 s = torch.tensor(values, dtype=torch.int32, device=means.device)
-                y_hat[b, rows + p, cols + p] = gc.dequantize(s.view_as(means), means)
+                y_hat[b].index_copy_(0, wave.padded, gc.dequantize(s.view_as(means), means))
+        y_hat = y_hat.view(len(strings[0]), height + 2 * p, width + 2 * p, -1)
         y_hat = y_hat[:, p:p + height, p:p + width].permute(0, 3, 1, 2).contiguous()
         return {"x_hat": net.g_s(y_hat).clamp_(0, 1)}
+
+
+class _Wave(NamedTuple):
+    """Flat indexes of one wavefront's ``P`` positions."""
+
+    pos: Tensor  #: into the H×W latent, ``(P,)``
+    padded: Tensor  #: into the padded latent, ``(P,)``
+    patch: Tensor  #: the context taps into the padded latent, ``(P · taps,)``, position-major
 
 
 #: element-wise layers that :func:`_pointwise` applies to rows as they are

@@ -1,0 +1,203 @@
+"""Joint model: CompressAI's sequential coder against the wavefront coder (issue 15).
+
+For each thread count, quality and Kodak image, the same model codes the image with
+both coders, interleaved (sequential, wavefront, wavefront, sequential, ... after a
+warm-up of each), through ``VaricodecModel.compress`` / ``decompress`` (guard stream
+and symbol check included), and reports the median encode and decode seconds, the
+speed-up (sequential / wavefront), the real ``.vcd`` file bytes of each (version 2 =
+sequential order, version 3 = wavefront order; header and CRC included), the PSNR of
+each reconstruction, and the synthesis ``g_s`` alone (a floor under both decoders)::
+
+    python benchmarks/joint_speed.py                         # kodim01, 05, 13 at q 1, 5
+    python benchmarks/joint_speed.py --all --qualities 1 2 3 4 5 6 7 8 --repeats 3
+    python benchmarks/joint_speed.py --names kodim23 --threads 2 -o out.json
+
+There are no trained joint weights in the repository: the model is CompressAI's
+``mbt2018`` at its published size (N = 192; M = 192 for qualities 1-4, 320 for 5-8),
+randomly initialised (seed 0) and then woken so that its symbols are not trivial:
+the last layer of ``g_a`` is rescaled per channel so that ``y`` on the first image
+has a standard deviation of ``A · 0.97^c`` quantisation steps in channel ``c``
+(``A = 0.5 · 1.4^(quality − 1)``: higher quality, more bits), ``h_a``'s last layer so
+that ``z`` has 2, and the entropy-parameter network's last bias so that the predicted
+scales start at those deviations. The rates and PSNRs are therefore those of random
+weights (PSNR around that of a flat grey image): they show that both coders give the
+same file size and the same picture, not what a trained model achieves.
+Images are read from outside the repository (../shared/data/kodak); nothing is copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+ORDERS = ("sequential", "wavefront")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=KODAK, help="folder of Kodak PNGs")
+    p.add_argument("--names", nargs="+", default=["kodim01", "kodim05", "kodim13"],
+                   help="image stems to code (default: three)")
+    p.add_argument("--all", action="store_true", help="all images in --data")
+    p.add_argument("--qualities", nargs="+", type=int, default=[1, 5],
+                   help="mbt2018 quality sizes, 1-8 (M = 192 up to 4, 320 from 5)")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per coder (median)")
+    p.add_argument("--variant", default="base", choices=["base", "ecg", "bm", "ecgbm"])
+    p.add_argument("-o", "--output", type=Path, help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def make_model(quality: int, variant: str, first: torch.Tensor):
+    """The woken random mbt2018-size joint model (see the module docstring)."""
+    from varicodec.models import create_model
+
+    if not 1 <= quality <= 8:
+        sys.exit(f"quality must be 1..8, got {quality}")
+    torch.manual_seed(0)
+    m_width = 192 if quality <= 4 else 320
+    model = create_model(f"joint-{variant}", N=192, M=m_width).eval()
+    net = model.net
+    target = 0.5 * 1.4 ** (quality - 1) * 0.97 ** torch.arange(m_width, dtype=torch.float32)
+    run = torch.nn.Sequential.forward  # the plain transforms, without the modulator's hooks
+    with torch.no_grad():
+        y = run(net.g_a, first)
+        gain = target / y.std(dim=(0, 2, 3))
+        net.g_a[-1].weight.mul_(gain.view(-1, 1, 1, 1))  # a Conv2d: output channels first
+        net.g_a[-1].bias.mul_(gain)
+        z = run(net.h_a, run(net.g_a, first))
+        net.h_a[-1].weight.mul_(2.0 / z.std())
+        net.h_a[-1].bias.mul_(2.0 / z.std())
+        last = net.entropy_parameters[-1]
+        last.weight.mul_(0.1)
+        last.bias.zero_()
+        last.bias[:m_width] = target
+    model.update(force=True)
+    return model
+
+
+def _lmbda(model) -> float | None:
+    """A variable-rate model codes at the geometric middle of its λ range."""
+    r = model.lmbda_range
+    return None if r is None else float(np.sqrt(r.min * r.max))
+
+
+def image_tensor(path: Path) -> tuple[np.ndarray, torch.Tensor]:
+    from varicodec.imageio import load_rgb, pad_to_multiple, to_tensor
+
+    rgb = load_rgb(path)
+    return rgb, pad_to_multiple(to_tensor(rgb), 64)
+
+
+def file_bytes(model, fp: bytes, rgb: np.ndarray, coded: dict, order: str) -> int:
+    """Size of the ``.vcd`` file these streams make (version 2 sequential, 3 wavefront)."""
+    from varicodec.codec.format import Container
+
+    s = coded["strings"]
+    return len(Container(
+        model_name=model.name, fingerprint=fp, width=rgb.shape[1], height=rgb.shape[0],
+        y=s[0][0], z=s[1][0], side=s[2][0] if model.gated else b"",
+        lmbda_code=coded["lmbda_code"], guard=s[-1][0],
+        version=2 if order == "sequential" else 3).pack())
+
+
+def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) -> dict:
+    from varicodec.imageio import to_uint8
+    from varicodec.metrics import psnr_db
+
+    lm = _lmbda(model)
+    times: dict[str, dict[str, list[float]]] = {o: {"enc": [], "dec": []} for o in ORDERS}
+    synth: list[float] = []
+    out: dict = {}
+    for r in range(repeats):
+        for order in (ORDERS if r % 2 == 0 else ORDERS[::-1]):
+            t0 = time.perf_counter()
+            coded = model.compress(x, lmbda=lm, order=order)
+            t1 = time.perf_counter()
+            dec = model.decompress(coded["strings"], coded["shape"], coded["lmbda_code"],
+                                   order=order)
+            t2 = time.perf_counter()
+            times[order]["enc"].append(t1 - t0)
+            times[order]["dec"].append(t2 - t1)
+            rec = to_uint8(dec["x_hat"][..., :rgb.shape[0], :rgb.shape[1]])
+            out[order] = {"bytes": file_bytes(model, fp, rgb, coded, order),
+                          "psnr_db": round(psnr_db(rgb, rec), 3), "y_hat": dec["y_hat"]}
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            torch.nn.Sequential.forward(model.net.g_s, out["wavefront"]["y_hat"])  # no hooks
+            synth.append(time.perf_counter() - t0)
+    res: dict = {}
+    for order in ORDERS:
+        res[order] = {"encode_s": round(median(times[order]["enc"]), 3),
+                      "decode_s": round(median(times[order]["dec"]), 3),
+                      "bytes": out[order]["bytes"], "psnr_db": out[order]["psnr_db"]}
+    s, w = res["sequential"], res["wavefront"]
+    res["decode_speedup"] = round(s["decode_s"] / w["decode_s"], 2)
+    res["encode_speedup"] = round(s["encode_s"] / w["encode_s"], 2)
+    res["rate_change_pct"] = round(100 * (w["bytes"] - s["bytes"]) / s["bytes"], 4)
+    res["y_hat_max_abs_diff"] = float(
+        (out["wavefront"]["y_hat"] - out["sequential"]["y_hat"]).abs().max())
+    res["g_s_s"] = round(median(synth), 3)
+    res["bpp"] = round(8 * w["bytes"] / (rgb.shape[0] * rgb.shape[1]), 4)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data.is_dir():
+        print(f"Kodak images not found at {args.data} (see ../shared/data/README.md); "
+              "nothing measured", file=sys.stderr)
+        return 1
+    paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
+    if not args.all:
+        missing = sorted(set(args.names) - {p.stem for p in paths})
+        if missing:
+            print(f"images {missing} not found in {args.data}; nothing measured",
+                  file=sys.stderr)
+            return 1
+        paths = [p for p in paths if p.stem in args.names]
+    if not paths:
+        print(f"no PNG images in {args.data}; nothing measured", file=sys.stderr)
+        return 1
+    from varicodec.models import weights_fingerprint
+
+    images = [(p.stem, *image_tensor(p)) for p in paths]
+    rows = []
+    for quality in args.qualities:
+        model = make_model(quality, args.variant, images[0][2])
+        fp = weights_fingerprint(model)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            # warm-up: each coder once on a 256×256 crop
+            for order in ORDERS:
+                c = model.compress(images[0][2][..., :256, :256], lmbda=_lmbda(model),
+                                   order=order)
+                model.decompress(c["strings"], c["shape"], c["lmbda_code"], order=order)
+            for name, rgb, x in images:
+                row = {"image": name, "quality": quality, "threads": threads,
+                       **measure(model, fp, rgb, x, args.repeats)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    result = {
+        "command": "python benchmarks/joint_speed.py " + " ".join(sys.argv[1:] if argv is None
+                                                                 else argv),
+        "model": f"joint-{args.variant}, mbt2018 size, random weights woken (see docstring)",
+        "torch": torch.__version__, "rows": rows,
+    }
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
