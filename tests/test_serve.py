@@ -138,6 +138,14 @@ def test_jpeg_and_bpp_targets(client):
     assert s["result"]["rate_control"]["target"] == 2.5
 
 
+def test_alpha_and_gray_uploads(client):
+    rgba = np.dstack([picture(), np.full((48, 64), 128, np.uint8)])
+    s = wait(client, submit(client, rgba, "logo.png"))
+    assert s["state"] == "done" and any("transparency ignored" in n for n in s["result"]["notes"])
+    s = wait(client, submit(client, picture()[..., 0], "gray.png"))
+    assert s["state"] == "done" and s["result"]["notes"] == []
+
+
 def test_sample(client):
     r = client.post("/api/compare", data={"sample": "synthetic", "target": "quality",
                                           "value": "2"})
@@ -257,6 +265,17 @@ def test_job_store_is_bounded():
     running = Job(id="r", name="x", target=Target("quality", 4))
     store.add(running)  # unfinished jobs are never dropped
     assert store.get("r") is running
+    heavy = JobStore(max_jobs=10, max_bytes=250)
+    for i in range(4):
+        j = Job(id=str(i), name="x", target=Target("quality", 4), finished=time.monotonic())
+        j.files = {"a.png": (bytes(100), "image/png")}
+        heavy.add(j)
+    assert len(heavy) == 2 and heavy.get("3") is not None
+    alone = JobStore(max_bytes=10)
+    big = Job(id="b", name="x", target=Target("quality", 4), finished=time.monotonic())
+    big.files = {"a.png": (bytes(100), "image/png")}
+    alone.add(big)
+    assert alone.get("b") is big  # the newest is kept even over the budget
     old = JobStore(max_jobs=3, ttl_s=0.0)
     old.add(jobs[0])
     time.sleep(0.01)

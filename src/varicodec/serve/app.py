@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -60,6 +61,7 @@ STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_PIXELS = min(1 << 24, MAX_PIXELS)
 DEFAULT_MAX_UPLOAD_BYTES = 32 << 20
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_READING = threading.Lock()
 
 
 def read_image(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, list[str]]:
@@ -72,7 +74,9 @@ def read_image(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, lis
 
     if not data:
         raise ValueError(f"{name}: the file is empty")
-    with warnings.catch_warnings(record=True) as caught:
+    # the warnings filters are process-wide: one reader at a time keeps each
+    # upload's notes its own
+    with _READING, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with Image.open(io.BytesIO(data)) as im:

@@ -6,13 +6,16 @@ with its own copy of the model (the model keeps per-call state — the current
 λ, the gates' last decisions, the FLOP count's sparse switch — so threads must
 not share one). Torch releases the GIL in its kernels, so one large image
 does not stop a small one from being coded beside it, and the server keeps
-answering while both run.
+answering while both run. Counting FLOPs for the gating report is the
+exception: it runs alone (:class:`SharedExclusive`), after the job's panels are
+published, so a long encode elsewhere delays only that report.
 
 :class:`JobStore` keeps finished jobs (their files: the decoded images, the
-codecs' files) in memory for the page to fetch, at most ``max_jobs`` of them
-and each for at most ``ttl_s`` seconds; the oldest go first. Nothing is
-written to disk. The number of jobs waiting for a worker is bounded too
-(:class:`Busy` beyond it), so memory stays bounded however many uploads come.
+codecs' files) in memory for the page to fetch: at most ``max_jobs`` of them,
+holding at most ``max_bytes`` of files, each for at most ``ttl_s`` seconds; the
+oldest go first. Nothing is written to disk. The number of jobs running or
+waiting for a worker is bounded too (:class:`Busy` beyond it), so memory stays
+bounded however many uploads come.
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ class Job:
     created: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
+    def nbytes(self) -> int:
+        return sum(len(data) for data, _ in self.files.values())
+
     def status(self) -> dict:
         return {"id": self.id, "name": self.name, "state": self.state,
                 "progress": round(self.progress, 3), "message": self.message,
@@ -109,10 +115,15 @@ class Job:
 
 
 class JobStore:
-    """Jobs by id, bounded in number and age (oldest finished jobs dropped first)."""
+    """Jobs by id, bounded in number, bytes and age (oldest finished jobs dropped first).
 
-    def __init__(self, max_jobs: int = 8, ttl_s: float = 1800.0) -> None:
-        self.max_jobs, self.ttl_s = max_jobs, ttl_s
+    ``max_bytes`` bounds the files held by finished jobs; the newest finished job
+    is kept even if it alone is over (the page is about to fetch its images).
+    """
+
+    def __init__(self, max_jobs: int = 8, ttl_s: float = 1800.0,
+                 max_bytes: int = 512 << 20) -> None:
+        self.max_jobs, self.ttl_s, self.max_bytes = max_jobs, ttl_s, max_bytes
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -142,6 +153,9 @@ class JobStore:
         finished = [j.id for j in self._jobs.values() if j.finished is not None]
         while len(self._jobs) > self.max_jobs and finished:
             del self._jobs[finished.pop(0)]
+        held = sum(j.nbytes() for j in self._jobs.values())
+        while held > self.max_bytes and len(finished) > 1:
+            held -= self._jobs.pop(finished.pop(0)).nbytes()
 
 
 class Worker:
