@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_configure(config):
-    torch.set_num_threads(2)
+    # the mutation runs fork per mutant: they ask for 1 thread (no OpenMP pool to fork)
+    torch.set_num_threads(int(os.environ.get("VARICODEC_TEST_THREADS", "2")))
 
 
 @pytest.fixture
