@@ -6,7 +6,9 @@ warm-up of each), through ``VaricodecModel.compress`` / ``decompress`` (guard st
 and symbol check included), and reports the median encode and decode seconds, the
 speed-up (sequential / wavefront), the real ``.vcd`` file bytes of each (version 2 =
 sequential order, version 3 = wavefront order; header and CRC included), the PSNR of
-each reconstruction, and the synthesis ``g_s`` alone (a floor under both decoders)::
+each reconstruction, and the synthesis ``g_s`` and analysis ``g_a`` alone (floors under
+both decoders and both encoders: "ceiling" = sequential seconds / floor, the speed-up
+of a coder whose entropy coding cost nothing)::
 
     python benchmarks/joint_speed.py                         # kodim01, 05, 13 at q 1, 5
     python benchmarks/joint_speed.py --all --qualities 1 2 3 4 5 6 7 8 --repeats 3
@@ -118,6 +120,7 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) ->
     lm = _lmbda(model)
     times: dict[str, dict[str, list[float]]] = {o: {"enc": [], "dec": []} for o in ORDERS}
     synth: list[float] = []
+    analysis: list[float] = []
     out: dict = {}
     for r in range(repeats):
         for order in (ORDERS if r % 2 == 0 else ORDERS[::-1]):
@@ -136,6 +139,9 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) ->
             t0 = time.perf_counter()
             torch.nn.Sequential.forward(model.net.g_s, out["wavefront"]["y_hat"])  # no hooks
             synth.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            torch.nn.Sequential.forward(model.net.g_a, x)
+            analysis.append(time.perf_counter() - t0)
     res: dict = {}
     for order in ORDERS:
         res[order] = {"encode_s": round(median(times[order]["enc"]), 3),
@@ -148,6 +154,7 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) ->
     res["y_hat_max_abs_diff"] = float(
         (out["wavefront"]["y_hat"] - out["sequential"]["y_hat"]).abs().max())
     res["g_s_s"] = round(median(synth), 3)
+    res["g_a_s"] = round(median(analysis), 3)
     res["bpp"] = round(8 * w["bytes"] / (rgb.shape[0] * rgb.shape[1]), 4)
     return res
 
@@ -196,7 +203,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.output:
         args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(markdown(rows))
     return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (seconds, speed-ups, bytes, PSNR)."""
+    out = ["| image | q | threads | enc seq s | enc wf s | enc × | g_a s | enc × ceiling | "
+           "dec seq s | dec wf s | dec × | g_s s | dec × ceiling | bytes seq | bytes wf | "
+           "rate Δ % | PSNR seq / wf |",
+           "|" + "---|" * 17]
+    for r in rows:
+        s, w = r["sequential"], r["wavefront"]
+        out.append(
+            f"| {r['image']} | {r['quality']} | {r['threads']} | {s['encode_s']:.2f} | "
+            f"{w['encode_s']:.2f} | {r['encode_speedup']:.2f} | {r['g_a_s']:.2f} | "
+            f"{s['encode_s'] / r['g_a_s']:.1f} | {s['decode_s']:.2f} | "
+            f"{w['decode_s']:.2f} | {r['decode_speedup']:.2f} | {r['g_s_s']:.2f} | "
+            f"{s['decode_s'] / r['g_s_s']:.1f} | {s['bytes']} | {w['bytes']} | "
+            f"{r['rate_change_pct']:+.4f} | {s['psnr_db']:.2f} / {w['psnr_db']:.2f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,28 @@ def test_same_symbols_and_latent_as_sequential(name, size):
     torch.testing.assert_close(d_wf["x_hat"], d_seq["x_hat"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["joint-base", "joint-ecgbm"])
+def test_decoder_reproduces_the_encoders_latent_bit_for_bit(name, monkeypatch):
+    """Both sides predict with the same batched arithmetic: the decoder's ŷ is the
+    encoder's, every bit (not only the symbols)."""
+    model = tiny_model(name, alpha=0.8)
+    buffers = []
+    setup = WavefrontCoder._setup
+
+    def spy(self, params):
+        out = setup(self, params)
+        buffers.append(out[3])  # the padded latent, filled in place
+        return out
+
+    monkeypatch.setattr(WavefrontCoder, "_setup", spy)
+    c = model.compress(texture(128, 192), lmbda=_lm(model))
+    d = model.decompress(c["strings"], c["shape"], c["lmbda_code"])
+    enc, dec = buffers
+    assert enc.unique().numel() > MIN_DISTINCT
+    assert torch.equal(enc, dec)
+    assert torch.equal(dec.view(1, 12, 16, -1)[:, 2:-2, 2:-2].permute(0, 3, 1, 2), d["y_hat"])
+
+
 def test_cheng2020_anchor_uses_the_same_coder():
     model = tiny_model("cheng2020-anchor-base")
     x = texture(64, 128)
