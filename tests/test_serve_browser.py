@@ -147,6 +147,16 @@ def test_page_compares_an_upload(browser, tmp_path):
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
+        # the target chooser and a sample: everyone at the size of JPEG at quality 50
+        browser.find_element(By.CSS_SELECTOR, "input[name=target][value=jpeg]+span").click()
+        browser.find_element(By.CSS_SELECTOR, "[data-sample=synthetic]").click()
+        WebDriverWait(browser, 120).until(
+            lambda d: d.execute_script("return document.body.dataset.state") == "done"
+            and d.find_element(By.CSS_SELECTOR, ".summary .name").text == "synthetic")
+        jpeg = browser.find_element(By.CSS_SELECTOR, ".panel[data-codec=jpeg] .setting")
+        assert jpeg.text == "quality 50"
+        assert "the size of JPEG at quality 50" in browser.find_element(By.ID, "summary").text
+
         bad = tmp_path / "notes.png"
         bad.write_text("not a picture")
         browser.find_element(By.ID, "file").send_keys(str(bad))

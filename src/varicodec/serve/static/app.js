@@ -116,6 +116,7 @@ async function run() {
   if (state.job) fetch(`/api/jobs/${state.job}`, { method: "DELETE" }).catch(() => {});
   state.job = null;
   const poll = ++state.polling;
+  document.body.dataset.state = "running";
   const form = new FormData();
   if (src.file) form.append("file", src.file, src.file.name);
   else form.append("sample", src.sample);
