@@ -42,7 +42,7 @@ def test_rgb_roundtrip_sizes(models, shape):
 def test_encode_result_and_info(models):
     r = encode_image(smooth(40, 60), models["vr"], lmbda=0.01)
     assert r.bpp == len(r.data) * 8 / (40 * 60)
-    assert r.psnr_db is not None and r.psnr_db > 0  # random weights: low, but finite
+    assert r.psnr_db is not None  # its value is checked against decode below
     assert abs(r.lmbda - 0.01) < 1e-4 and r.lmbda_code is not None
     d = info(r.data, models["vr"])
     assert d["width"] == 60 and d["height"] == 40 and d["mode"] == "RGB"

@@ -110,10 +110,14 @@ def test_evaluate_variable_rate_gated(dataset, tmp_path):
     assert m["variant"] == "ecgbm" and m["bytes_on_disk"] == path.stat().st_size
     assert m["parameters"] > 0 and m["trained"]
     assert len(res["points"]) == 2
+    from varicodec.models import load_model, weights_fingerprint
+
+    want_fingerprint = weights_fingerprint(load_model(path)).hex()
+    assert want_fingerprint != weights_fingerprint(tiny("hyperprior-ecgbm")).hex()
     for p in res["points"]:
         _point_checks(p, images=1)
         assert p["encoder_flops"] > 0 and p["decoder_flops"] > 0
-        assert p["bpp_estimate"] > 0 and len(p["fingerprint"]) == 16
+        assert p["bpp_estimate"] > 0 and p["fingerprint"] == want_fingerprint
         assert p["sparsity"] and 0 < p["sparsity_mean"] < 1
         assert p["ms_ssim"] is None  # images below 161 px
     assert res["points"][0]["lmbda"] < res["points"][1]["lmbda"]
@@ -147,7 +151,9 @@ def test_evaluate_fixed_set(dataset):
     p1, p2 = res["points"]
     assert (p1["lmbda"], p2["lmbda"]) == (0.0018, 0.0035)
     assert p1["quality"] == 1 and p2["quality"] == 2
-    assert len(p1["fingerprint"]) == 16  # same seed, same tensors: λ is not a tensor
+    # same seed, same tensors (λ is not a tensor): one fingerprint, that of the weights
+    assert p1["fingerprint"] == p2["fingerprint"]
+    assert int(p1["fingerprint"], 16) and len(p1["fingerprint"]) == 16
     assert p1["bpp_estimate"] is None and p1["encoder_flops"] is None
 
 

@@ -4,9 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny
+from tiny_models import assert_rich, coded_symbols
 
-from varicodec.layers import GatedConv2d, GatedConvTranspose2d
-from varicodec.layers import calibrate_alpha, gated_convolutions, sparse_execution
+from varicodec.layers import (
+    GatedConv2d,
+    GatedConvTranspose2d,
+    calibrate_alpha,
+    gated_convolutions,
+    sparse_execution,
+)
 
 CL = torch.channels_last
 NAMES = [f"{a}-{v}" for a in ("hyperprior", "mean", "joint") for v in ("ecg", "ecgbm")]
@@ -139,12 +145,15 @@ def test_bytes_identical_sparse_on_and_off(name, image):
     model = tiny(name).eval()
     lm = 0.02 if model.variable_rate else None
     run = (lambda: model(image, lm)) if model.variable_rate else (lambda: model(image))
-    _wake(model, image)
+    _wake(model, image, y_std=6.0, z_std=12.0)  # a 64×64 image has only 16 z symbols
     reached = calibrate_alpha(model, run, 0.5)
+    assert set(reached) == {n for n, _ in model.gates()}
     assert all(abs(s - 0.5) <= 2 / 16 + 1e-6 for s in reached.values()), reached
     model.update()
-    with torch.no_grad():
+    with torch.no_grad(), coded_symbols() as seen:
         sparse = model.compress(image, lmbda=lm)
+    assert_rich(seen)
+    with torch.no_grad():
         s_enc = model.sparsity()
         d_sparse = model.decompress(sparse["strings"], sparse["shape"], sparse["lmbda_code"])
         with sparse_execution(model, False):
