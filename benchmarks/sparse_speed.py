@@ -399,16 +399,18 @@ def stage_times(runner: Runner, x, reps: int) -> dict[str, dict[str, float]]:
             def post(m, a, out, name=name):
                 box[name] = box.get(name, 0.0) + time.perf_counter() - start[name]
             hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-    gc = net.gaussian_conditional
-    build = gc.build_indexes
+    # on the class: varicodec's index guard shadows the instance's method while coding
+    # and calls the class's
+    cls = type(net.gaussian_conditional)
+    build = cls.__dict__["build_indexes"]
 
-    def timed_build(scales):
+    def timed_build(self, scales):
         t = time.perf_counter()
-        out = build(scales)
+        out = build(self, scales)
         box["build_indexes"] = box.get("build_indexes", 0.0) + time.perf_counter() - t
         return out
 
-    gc.build_indexes = timed_build
+    cls.build_indexes = timed_build
     runs: dict[str, list[dict[str, float]]] = {"encode": [], "decode": []}
     try:
         x = runner.prepare(x)
@@ -420,7 +422,7 @@ def stage_times(runner: Runner, x, reps: int) -> dict[str, dict[str, float]]:
             _, t = timed(runner.decode, c)
             runs["decode"].append({**box, "total": t})
     finally:
-        del gc.build_indexes
+        cls.build_indexes = build
         for h in hooks:
             h.remove()
     out = {}
@@ -598,6 +600,204 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- main
+def load_images(args) -> tuple[list[Path], list]:
+    """The Kodak files of the run and their ``1×3×H×W`` tensors."""
+    from varicodec.imageio import load_rgb, to_tensor
+
+    images = sorted(args.data.glob("*.png"))
+    if args.limit:
+        images = images[:args.limit]
+    return images, [to_tensor(load_rgb(p)) for p in images]
+
+
+def calibrate(models: dict, targets: list[str], x0, lmbda: float) -> dict[tuple[str, str], dict]:
+    """α of every gate per (variant, target), calibrated on the first image
+    (``"trained"``: the model's own α)."""
+    import torch
+
+    from varicodec.layers import calibrate_alpha
+
+    alphas: dict[tuple[str, str], dict] = {}
+    for v, m in models.items():
+        lm = lmbda if m.variable_rate else None
+        for t in targets:
+            if t != "trained":
+                run = (lambda m=m, lm=lm: m(x0, lm)) if m.variable_rate else (lambda m=m: m(x0))
+                with torch.no_grad():
+                    calibrate_alpha(m, run, float(t))
+            alphas[v, t] = alpha_state(m)
+    return alphas
+
+
+def make_runners(models: dict, base, targets: list[str], layouts_at: list[str],
+                 lmbda: float) -> list[tuple[str, str, Runner]]:
+    """``(variant, target, runner)`` for every mode to time, the baselines last."""
+    runners: list[tuple[str, str, Runner]] = []
+    for v, m in models.items():
+        lm = lmbda if m.variable_rate else None
+        for t in targets:
+            for mode in MODES:
+                if mode in ("sparse-cl", "sparse-nchw") and t not in layouts_at:
+                    continue
+                runners.append((v, t, Runner(f"{v}@{t}/{mode}", m, mode, lm)))
+    for mode in BASELINES:
+        runners.append(("compressai", "-", Runner(mode, base, mode, None)))
+    return runners
+
+
+def time_one(r: Runner, x) -> tuple[dict, float, float, float, dict]:
+    """Encode and decode ``x`` once: ``(compressed, encode s, decode s, synthesis s,
+    sparsity per layer of encoder and decoder)``."""
+    xin = r.prepare(x)
+    box, hooks = synthesis_timer(r.model.net if r.varicodec else r.model)
+    try:
+        c, te = timed(r.encode, xin)
+        sparsity = r.model.sparsity() if r.varicodec else {}
+        _, td = timed(r.decode, c)
+    finally:
+        for h in hooks:
+            h.remove()
+    if r.varicodec:
+        sparsity = {**sparsity, **r.model.sparsity()}
+    return c, te, td, box["gs_s"], sparsity
+
+
+def time_image(name: str, x, pixels: int, runners, activate, thread_counts: list[int],
+               reps: int) -> dict[str, Any]:
+    """One image: every runner at every thread count, ``reps`` interleaved repetitions.
+    Per configuration: size, sparsity and the median times (all times kept)."""
+    import numpy as np
+    import torch
+
+    entry: dict[str, Any] = {"image": name, "configs": {}}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        times: dict[str, dict[str, list[float]]] = {}
+        for rep in range(reps):
+            for v, t, r in runners:
+                activate(v, t, r)
+                c, te, td, gs, sp = time_one(r, x)
+                rec = times.setdefault(r.name, {"enc": [], "dec": [], "gs": []})
+                rec["enc"].append(te)
+                rec["dec"].append(td)
+                rec["gs"].append(gs)
+                if rep == 0:
+                    entry["configs"][f"{r.name}@{threads}"] = {
+                        "bytes": n_bytes(c), "bpp": n_bytes(c) * 8 / pixels,
+                        "strings_sha": hashlib.sha256(
+                            b"|".join(s[0] for s in c["strings"])).hexdigest(),
+                        "sparsity": sp,
+                        "sparsity_mean": float(np.mean(list(sp.values()))) if sp else None,
+                    }
+            print(f"[{name} threads={threads} rep {rep + 1}/{reps}] "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+        for rname, rec in times.items():
+            e = entry["configs"][f"{rname}@{threads}"]
+            e.update(encode_s=median(rec["enc"]), decode_s=median(rec["dec"]),
+                     synthesis_s=median(rec["gs"]), encode_all_s=rec["enc"],
+                     decode_all_s=rec["dec"])
+    return entry
+
+
+def summary_row(v: str, t: str, r: Runner, threads: int, cfgs: list[dict]) -> dict[str, Any]:
+    """One configuration over the images: medians, and ratios against masked-dense
+    (same model and gates) and the CompressAI baselines (> 1: this one is faster)."""
+    import numpy as np
+
+    key = f"{r.name}@{threads}"
+    row: dict[str, Any] = {"model": v if r.varicodec else r.mode, "target": t, "mode": r.mode}
+    row["encode_s"] = median(c[key]["encode_s"] for c in cfgs)
+    row["decode_s"] = median(c[key]["decode_s"] for c in cfgs)
+    row["bpp"] = median(c[key]["bpp"] for c in cfgs)
+    row["synthesis_share"] = median(c[key]["synthesis_s"] / c[key]["decode_s"] for c in cfgs)
+    if r.varicodec:
+        row["sparsity"] = float(np.mean([c[key]["sparsity_mean"] for c in cfgs]))
+        dense_key = f"{v}@{t}/masked-dense@{threads}"
+        row["dec_vs_masked-dense"] = median(
+            c[dense_key]["decode_s"] / c[key]["decode_s"] for c in cfgs)
+        row["enc_vs_masked-dense"] = median(
+            c[dense_key]["encode_s"] / c[key]["encode_s"] for c in cfgs)
+        row["bytes_identical"] = all(
+            c[key]["strings_sha"] == c[dense_key]["strings_sha"] for c in cfgs)
+    for b in BASELINES:
+        bkey = f"{b}@{threads}"
+        row[f"dec_vs_{b}"] = median(c[bkey]["decode_s"] / c[key]["decode_s"] for c in cfgs)
+        row[f"enc_vs_{b}"] = median(c[bkey]["encode_s"] / c[key]["encode_s"] for c in cfgs)
+    return row
+
+
+def summarize_timings(per_image: list[dict], runners, thread_counts: list[int]) -> dict:
+    """Thread count → one :func:`summary_row` per runner; drops the byte hashes after use."""
+    summary: dict[str, list[dict[str, Any]]] = {}
+    cfgs = [e["configs"] for e in per_image]
+    for threads in thread_counts if per_image else []:
+        summary[str(threads)] = [summary_row(v, t, r, threads, cfgs) for v, t, r in runners]
+    for c in cfgs:
+        for config in c.values():
+            config.pop("strings_sha", None)
+    return summary
+
+
+def side_measurements(args, parts: set[str], runners, activate, images: list[Path], x0,
+                      targets: list[str], thread_counts: list[int]) -> dict[str, dict]:
+    """FLOPs (sparse mode, every target), gate cost and per-stage times (the main
+    target), peak memory (subprocesses) — on the first image."""
+    import torch
+
+    torch.set_num_threads(1)
+    out: dict[str, dict] = {"flops": {}, "gate_cost": {}, "memory": {}, "stages": {}}
+    main_target = "0.5" if "0.5" in targets else targets[0]
+    for v, t, r in runners:
+        if r.mode != "sparse" or "flops" not in parts:
+            continue
+        activate(v, t, r)
+        c = r.encode(x0)
+        out["flops"][f"{v}@{t}"] = flops_report(r.model, r, x0, c)
+    for threads in thread_counts if "gates" in parts else []:
+        torch.set_num_threads(threads)
+        for v, t, r in runners:
+            if r.mode == "sparse" and t == main_target:
+                activate(v, t, r)
+                c = r.encode(x0)
+                out["gate_cost"][f"{v}@{threads}"] = gate_cost(r.model, r, x0, c, args.reps)
+    for threads in thread_counts if "stages" in parts else []:
+        torch.set_num_threads(threads)
+        for v, t, r in runners:
+            if r.mode in ("sparse", "masked-dense", "compressai") and t in (main_target, "-"):
+                activate(v, t, r)
+                out["stages"][f"{r.name}@{threads}"] = stage_times(r, x0, args.reps)
+    if "memory" in parts:
+        env = dict(os.environ)
+        memory_at = targets if args.memory_at == "all" else args.memory_at.split(",")
+        with tempfile.TemporaryDirectory() as tmp:
+            for v, t, r in runners:
+                if r.varicodec and t not in memory_at:
+                    continue
+                activate(v, t, r)
+                out["memory"][r.name] = measure_memory(r, images[0], 1, Path(tmp), env)
+                print(f"[memory {r.name}] {out['memory'][r.name]}", flush=True)
+    return out
+
+
+def run_environment(load_before) -> dict[str, Any]:
+    import torch
+
+    try:
+        from varicodec.eval.results import environment
+
+        info = environment()
+    except Exception as exc:  # noqa: BLE001 - environment details are a nicety
+        info = {"error": repr(exc)}
+    return {
+        **info,
+        "loadavg_before": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.omp_wait_policy != "unset":
@@ -613,18 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--weights: no such file {args.weights}")
     load_before = os.getloadavg()
 
-    import numpy as np
     import torch
 
-    from varicodec.imageio import load_rgb, to_tensor
-    from varicodec.layers import calibrate_alpha
-
-    images = sorted(args.data.glob("*.png"))
-    if args.limit:
-        images = images[:args.limit]
-    xs = [to_tensor(load_rgb(p)) for p in images]
+    images, xs = load_images(args)
     x0 = xs[0]
-    pixels = [x.shape[2] * x.shape[3] for x in xs]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     thread_counts = [int(t) for t in args.threads.split(",")]
     default_sp = "trained" if args.weights is not None else "0.3,0.5,0.6,0.7"
@@ -635,28 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(thread_counts))
     models, base = build_models(args, variants, x0)
     variants = list(models)  # with --weights: the loaded model's variant
-
-    # α per (variant, target), calibrated on the first image
-    alphas: dict[tuple[str, str], dict] = {}
-    for v, m in models.items():
-        lm = args.lmbda if m.variable_rate else None
-        for t in targets:
-            if t != "trained":
-                run = (lambda m=m, lm=lm: m(x0, lm)) if m.variable_rate else (lambda m=m: m(x0))
-                with torch.no_grad():
-                    calibrate_alpha(m, run, float(t))
-            alphas[v, t] = alpha_state(m)
-
-    runners: list[tuple[str, str, Runner]] = []  # (variant, target, runner)
-    for v, m in models.items():
-        lm = args.lmbda if m.variable_rate else None
-        for t in targets:
-            for mode in MODES:
-                if mode in ("sparse-cl", "sparse-nchw") and t not in layouts_at:
-                    continue
-                runners.append((v, t, Runner(f"{v}@{t}/{mode}", m, mode, lm)))
-    for mode in BASELINES:
-        runners.append(("compressai", "-", Runner(mode, base, mode, None)))
+    alphas = calibrate(models, targets, x0, args.lmbda)
+    runners = make_runners(models, base, targets, layouts_at, args.lmbda)
 
     def activate(v: str, t: str, r: Runner) -> None:
         if r.varicodec:
@@ -666,148 +838,23 @@ def main(argv: list[str] | None = None) -> int:
     parts = {p.strip() for p in args.parts.split(",")}
     if args.no_memory:
         parts.discard("memory")
-    # ---------------------------------------------------------- timings
-    per_image: list[dict[str, Any]] = []
-    for i, (path, x) in enumerate(zip(images, xs, strict=True)):
-        if "timing" not in parts:
-            break
-        entry: dict[str, Any] = {"image": path.name, "configs": {}}
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
-            times: dict[str, dict[str, list[float]]] = {}
-            for rep in range(args.reps):
-                for v, t, r in runners:
-                    activate(v, t, r)
-                    xin = r.prepare(x)
-                    box, hooks = synthesis_timer(r.model.net if r.varicodec else r.model)
-                    try:
-                        c, te = timed(r.encode, xin)
-                        enc_sparsity = r.model.sparsity() if r.varicodec else {}
-                        _, td = timed(r.decode, c)
-                    finally:
-                        for h in hooks:
-                            h.remove()
-                    rec = times.setdefault(r.name, {"enc": [], "dec": [], "gs": []})
-                    rec["enc"].append(te)
-                    rec["dec"].append(td)
-                    rec["gs"].append(box["gs_s"])
-                    key = f"{r.name}@{threads}"
-                    if rep == 0:
-                        sp = {}
-                        if r.varicodec:
-                            sp = {**enc_sparsity, **r.model.sparsity()}
-                        entry["configs"][key] = {
-                            "bytes": n_bytes(c), "bpp": n_bytes(c) * 8 / pixels[i],
-                            "strings_sha": hashlib.sha256(
-                                b"|".join(s[0] for s in c["strings"])).hexdigest(),
-                            "sparsity": sp,
-                            "sparsity_mean": float(np.mean(list(sp.values()))) if sp else None,
-                        }
-                print(f"[{path.name} threads={threads} rep {rep + 1}/{args.reps}] "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
-            for name, rec in times.items():
-                e = entry["configs"][f"{name}@{threads}"]
-                e.update(encode_s=median(rec["enc"]), decode_s=median(rec["dec"]),
-                         synthesis_s=median(rec["gs"]), encode_all_s=rec["enc"],
-                         decode_all_s=rec["dec"])
-        per_image.append(entry)
-
-    # ---------------------------------------------------------- summary
-    summary: dict[str, list[dict[str, Any]]] = {}
-    for threads in thread_counts if per_image else []:
-        rows = []
-        for v, t, r in runners:
-            key = f"{r.name}@{threads}"
-            cfgs = [e["configs"] for e in per_image]
-            row: dict[str, Any] = {"model": v if r.varicodec else r.mode, "target": t,
-                                   "mode": r.mode}
-            row["encode_s"] = median(c[key]["encode_s"] for c in cfgs)
-            row["decode_s"] = median(c[key]["decode_s"] for c in cfgs)
-            row["bpp"] = median(c[key]["bpp"] for c in cfgs)
-            row["synthesis_share"] = median(c[key]["synthesis_s"] / c[key]["decode_s"]
-                                            for c in cfgs)
-            if r.varicodec:
-                row["sparsity"] = float(np.mean([c[key]["sparsity_mean"] for c in cfgs]))
-                dense_key = f"{v}@{t}/masked-dense@{threads}"
-                row["dec_vs_masked-dense"] = median(
-                    c[dense_key]["decode_s"] / c[key]["decode_s"] for c in cfgs)
-                row["enc_vs_masked-dense"] = median(
-                    c[dense_key]["encode_s"] / c[key]["encode_s"] for c in cfgs)
-                row["bytes_identical"] = all(
-                    c[key]["strings_sha"] == c[dense_key]["strings_sha"] for c in cfgs)
-            for b in BASELINES:
-                bkey = f"{b}@{threads}"
-                row[f"dec_vs_{b}"] = median(c[bkey]["decode_s"] / c[key]["decode_s"]
-                                            for c in cfgs)
-                row[f"enc_vs_{b}"] = median(c[bkey]["encode_s"] / c[key]["encode_s"]
-                                            for c in cfgs)
-            rows.append(row)
-        summary[str(threads)] = rows
-    for e in per_image:
-        for c in e["configs"].values():
-            c.pop("strings_sha", None)
-
-    # ------------------------------------------- FLOPs, gate cost, memory
-    torch.set_num_threads(1)
-    flops, gates, memory, stages = {}, {}, {}, {}
-    main_target = "0.5" if "0.5" in targets else targets[0]
-    for v, t, r in runners:
-        if r.mode != "sparse" or "flops" not in parts:
-            continue
-        activate(v, t, r)
-        c = r.encode(x0)
-        flops[f"{v}@{t}"] = flops_report(r.model, r, x0, c)
-    for threads in thread_counts if "gates" in parts else []:
-        torch.set_num_threads(threads)
-        for v, t, r in runners:
-            if r.mode == "sparse" and t == main_target:
-                activate(v, t, r)
-                c = r.encode(x0)
-                gates[f"{v}@{threads}"] = gate_cost(r.model, r, x0, c, args.reps)
-    for threads in thread_counts if "stages" in parts else []:
-        torch.set_num_threads(threads)
-        for v, t, r in runners:
-            if r.mode in ("sparse", "masked-dense", "compressai") and t in (main_target, "-"):
-                activate(v, t, r)
-                stages[f"{r.name}@{threads}"] = stage_times(r, x0, args.reps)
-    if "memory" in parts:
-        env = dict(os.environ)
-        memory_at = targets if args.memory_at == "all" else args.memory_at.split(",")
-        with tempfile.TemporaryDirectory() as tmp:
-            for v, t, r in runners:
-                if r.varicodec and t not in memory_at:
-                    continue
-                activate(v, t, r)
-                memory[r.name] = measure_memory(r, images[0], 1, Path(tmp), env)
-                print(f"[memory {r.name}] {memory[r.name]}", flush=True)
-
-    try:
-        from varicodec.eval.results import environment
-
-        environment_info = environment()
-    except Exception as exc:  # noqa: BLE001 - environment details are a nicety
-        environment_info = {"error": repr(exc)}
+    per_image = [time_image(path.name, x, x.shape[2] * x.shape[3], runners, activate,
+                            thread_counts, args.reps)
+                 for path, x in zip(images, xs, strict=True)] if "timing" in parts else []
+    summary = summarize_timings(per_image, runners, thread_counts)
+    side = side_measurements(args, parts, runners, activate, images, x0, targets,
+                             thread_counts)
+    first = next(iter(models.values()))
     results = {
         "benchmark": "sparse_speed",
-        "environment": {
-            **environment_info,
-            "loadavg_before": [round(v, 2) for v in load_before],
-            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "torch": torch.__version__,
-        },
+        "environment": run_environment(load_before),
         "setup": {"images": [p.name for p in images], "variants": variants, "targets": targets,
                   "threads": thread_counts, "reps": args.reps, "lmbda": args.lmbda,
                   "weights": str(args.weights) if args.weights else None,
-                  "N": next(iter(models.values())).config["N"],
-                  "M": next(iter(models.values())).config["M"],
+                  "N": first.config["N"], "M": first.config["M"],
                   "standin": None if args.weights else {"y_std": Y_STD, "z_std": Z_STD}},
         "summary": summary,
-        "flops": flops,
-        "gate_cost": gates,
-        "memory": memory,
-        "stages": stages,
+        **side,
         "per_image": per_image,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
