@@ -232,6 +232,25 @@ def test_bad_inputs_decode(models, tmp_path, vcd, capsys):
     assert run(capsys, "decode", vcd, "--force", *m)[0] == 0
 
 
+def test_nan_in_the_decoded_image_is_an_error_naming_the_file(models, tmp_path, vcd, capsys,
+                                                              monkeypatch):
+    """A model that computes NaN gives an error, not a picture with NaN made 0."""
+    from varicodec.models import VaricodecModel
+
+    original = VaricodecModel.decompress
+
+    def poisoned(self, *a, **kw):
+        out = original(self, *a, **kw)
+        out["x_hat"][..., 3, 5] = float("nan")
+        return out
+
+    monkeypatch.setattr(VaricodecModel, "decompress", poisoned)
+    expect_error(capsys, tmp_path, "a.vcd", "decode", vcd, "-o", tmp_path / "x.png",
+                 "--model", models["vr"])
+    rc, _, err = run(capsys, "decode", vcd, "-o", tmp_path / "x.png", "--model", models["vr"])
+    assert rc == 2 and "3 non-finite values" in err and not (tmp_path / "x.png").exists()
+
+
 def test_alpha_to_jpeg_leaves_nothing(models, tmp_path, capsys):
     a = np.dstack([rgb(), np.zeros((37, 53), np.uint8)])
     Image.fromarray(a).save(tmp_path / "t.png")

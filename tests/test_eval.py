@@ -240,6 +240,18 @@ def test_cli_eval(dataset, tmp_path, capsys):
     assert main(["table", str(tmp_path / "bad.json")]) == 2
 
 
+def test_cli_eval_untrained_needs_the_flag(dataset, tmp_path, capsys):
+    """A registry name without trained weights is not quietly evaluated at random."""
+    out = tmp_path / "base.json"
+    for spec in ("hyperprior-base", "mean-base@q1..2"):
+        assert main(["eval", "--model", spec, str(dataset), "--N", "16", "--M", "16",
+                     "--limit", "1", "--no-flops", "-o", str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith("varicodec: warning:") and "no trained weights" in err[0]
+        assert spec in err[0] and "--untrained" in err[-1] and len(err) == 2
+        assert not out.exists()
+
+
 def test_continuity_counts_reversals_and_gaps():
     from varicodec.eval.table import continuity, make_tables
 

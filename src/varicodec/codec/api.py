@@ -199,7 +199,11 @@ def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
     except (ValueError, RuntimeError, IndexError, OverflowError) as e:
         raise FormatError(f"cannot decode the entropy-coded streams ({e})") from None
     x_hat = out["x_hat"][..., : c.height, : c.width]
-    return to_uint8(torch.nan_to_num(x_hat))
+    bad = int((~torch.isfinite(x_hat)).sum())
+    if bad:  # never a silent 0: a model that computes NaN gives no picture
+        raise VaricodecError(f"the decoded image has {bad} non-finite values (NaN or inf): "
+                             "the model's arithmetic failed, so no picture is returned")
+    return to_uint8(x_hat)
 
 
 # ------------------------------------------------------------------- encode

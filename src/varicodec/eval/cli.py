@@ -129,6 +129,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             qualities=parse_values(args.quality, "quality") if args.quality else None,
             config=config, label=args.label, untrained=args.untrained,
         )
+        if not models.trained and not args.untrained:  # never a random model by accident
+            print(f"varicodec: warning: {', '.join(args.model)}: no trained weights, so this "
+                  "would evaluate a randomly initialised model", file=sys.stderr)
+            raise ValueError("pass --untrained to evaluate untrained models on purpose")
         results = evaluate_models(models, images, flops=args.flops, estimate=args.estimate,
                                   progress=progress, dataset_dir=dataset, limit=args.limit)
     from .results import save_results
