@@ -40,6 +40,23 @@ def test_every_name_comes_from_an_entry():
     assert len(set(MODEL_IDS.values())) == len(MODEL_IDS)
 
 
+def test_format_doc_lists_the_registry_ids():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md").read_text()
+    table = next(b for b in doc.split("Model ids", 1)[1].split("\n\n") if b.startswith("|"))
+    pairs = re.findall(r"\| (\d+) \| ([a-z0-9-]+) ", table)
+    assert {name: int(i) for i, name in pairs} == MODEL_IDS
+
+
+def test_every_architecture_downsamples_by_64():
+    from varicodec import create_model
+
+    for a in ARCHITECTURES:
+        assert create_model(f"{a}-base", N=8, M=8).downsampling_factor == 64  # z: ⌈H/64⌉
+
+
 def test_widths_and_curves_are_compressais():
     from compressai.zoo.image import cfgs
 
