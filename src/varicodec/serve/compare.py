@@ -246,13 +246,13 @@ def compare(rgb: np.ndarray, model, target: Target, *, codecs: tuple[str, ...] =
     if rc is not None:
         again, enc_s = _timed(lambda: encode_image(rgb, model, lmbda=first.lmbda,
                                                    compute_psnr=False))
-        result = again  # type: ignore[assignment]
+        result = again
     else:
         result, enc_s = first, first.seconds
     done += 1
     step(f"{model.name}: decoding")
     image, dec_s = _timed(lambda: decode(result.data, model))
-    ours_rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)  # type: ignore[attr-defined]
+    ours_rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     psnr, msssim = _measured(rgb, ours_rgb)
     from ..quality import lmbda_to_quality
 
@@ -261,8 +261,8 @@ def compare(rgb: np.ndarray, model, target: Target, *, codecs: tuple[str, ...] =
         setting = f"quality {lmbda_to_quality(result.lmbda):.2f}, " + setting
     note = None
     if rc is not None:
-        note = (f"rate control: {rc.iterations} trials, {rc.achieved:.4g} bpp for "
-                f"{rc.target:.4g}")
+        note = (f"rate control: {rc.iterations} trials in {rc.seconds:.2f} s, "
+                f"{rc.achieved:.4g} bpp for {rc.target:.4g}")
         if not rc.converged:
             note += " (target out of reach: closest result)"
     ours = Panel("ours", model.name, setting, len(result.data), len(result.data) * 8 / pixels,
