@@ -98,8 +98,11 @@ class WavefrontCoder:
         self.net = net
         cp = net.context_prediction
         self.padding = int(cp.padding[0])
-        if cp.padding[0] != cp.padding[1] or cp.stride != (1, 1):
-            raise ValueError("the wavefront coder needs a square, stride-1 context model")
+        k = cp.kernel_size[0]
+        if cp.stride != (1, 1) or tuple(cp.kernel_size) != (k, k) \
+                or tuple(cp.padding) != (k // 2, k // 2):
+            raise ValueError("the wavefront coder needs a square, stride-1 context model "
+                             "padded to keep the latent's size")
         mask = cp.mask
         self.slope = wavefront_slope(mask)
         taps = (mask != 0).reshape(-1, *mask.shape[-2:]).any(0).nonzero()
