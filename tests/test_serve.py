@@ -236,6 +236,19 @@ def test_match_size_picks_the_closest_file():
     assert high.setting == 100 and "largest file" in high.note
 
 
+def test_fixed_rate_model_sets_the_size():
+    from varicodec.serve.compare import compare
+
+    fixed = load_benchmark("fuzz_format").tiny_model("hyperprior-base", 0)
+    seen = []
+    c = compare(picture(), fixed, Target("quality", 3), progress=lambda f, m: seen.append(f))
+    assert c.gating is None and c.rate_control is None
+    assert "fixed-rate model" in c.notes[0]
+    assert c.target_bytes == c.panels[0].bytes and [p.codec for p in c.panels] == \
+        ["ours", "jpeg", "webp", "avif"]
+    assert seen == sorted(seen) and seen[-1] == 1.0  # progress only moves forward
+
+
 def test_gating_report_dense_cache(model):
     from varicodec.serve.compare import gating_report
 
