@@ -162,6 +162,11 @@ def test_page_compares_an_upload(browser, tmp_path):
         browser.find_element(By.ID, "file").send_keys(str(bad))
         WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed())
         assert browser.find_element(By.ID, "error").text.startswith("notes.png: not an image")
+        # the results on show stay usable: their downloads still answer
+        link = browser.find_element(By.CSS_SELECTOR, ".panel[data-codec=ours] .downloads a")
+        assert link.get_attribute("href").endswith("/files/ours.vcd?download=1")
+        with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as r:
+            assert r.status == 200 and len(r.read()) > 0
 
 
 def test_screenshot_for_the_docs(browser, tmp_path):

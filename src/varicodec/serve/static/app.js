@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { source: null, job: null, result: null, info: null, zoom: "fit", swipe: 50, polling: 0 };
+const state = { source: null, job: null, shown: null, result: null, info: null, zoom: "fit", swipe: 50, polling: 0 };
 const LABELS = { ours: "Ours", jpeg: "JPEG", webp: "WebP", avif: "AVIF" };
 
 function el(tag, attrs = {}, ...children) {
@@ -113,8 +113,6 @@ async function run() {
     showError(`${src.file.name}: ${fmtBytes(src.file.size)} is over this server's upload limit of ${fmtBytes(state.info.limits.max_upload_bytes)}.`);
     return;
   }
-  if (state.job) fetch(`/api/jobs/${state.job}`, { method: "DELETE" }).catch(() => {});
-  state.job = null;
   const poll = ++state.polling;
   document.body.dataset.state = "running";
   const form = new FormData();
@@ -127,6 +125,9 @@ async function run() {
   $("progress").hidden = false;
   try {
     const started = await api("/api/compare", { method: "POST", body: form });
+    // a comparison still running for an earlier click is dropped; the shown one stays
+    // usable (viewer, downloads) until the new results replace it
+    if (state.job && state.job !== state.shown) forget(state.job);
     state.job = started.job;
     await follow(started.job, poll);
   } catch (e) {
@@ -174,7 +175,13 @@ function fileUrl(job, name, download) {
   return `/api/jobs/${job}/files/${name}${download ? "?download=1" : ""}`;
 }
 
+function forget(job) {
+  fetch(`/api/jobs/${job}`, { method: "DELETE" }).catch(() => {});
+}
+
 function render(job, r) {
+  if (state.shown && state.shown !== job) forget(state.shown);
+  state.shown = job;
   state.result = r;
   document.body.dataset.state = "panels";
   const img = r.image;
@@ -282,9 +289,9 @@ function renderGating(r) {
 
 // ----------------------------------------------------------------- viewer
 function updateViewer() {
-  if (!state.job || !state.result) return;
+  if (!state.shown || !state.result) return;
   const pick = (id) => $(id).value;
-  const src = (v) => fileUrl(state.job, v === "original" ? "original.png" : `${v}.png`);
+  const src = (v) => fileUrl(state.shown, v === "original" ? "original.png" : `${v}.png`);
   const name = (v) => (v === "original" ? "Original" : LABELS[v] || v);
   $("img-left").src = src(pick("left"));
   $("img-right").src = src(pick("right"));
