@@ -132,3 +132,40 @@ def test_container_limits_and_messages():
     for damaged, pattern in cases.items():
         with pytest.raises(FormatError, match=pattern):
             type(_container()).unpack(damaged)
+
+
+# ------------------------------------------------------- model construction
+def test_gate_settings_and_config_reach_the_model():
+    from varicodec import create_model
+
+    m = create_model("hyperprior-ecgbm", N=16, M=16, gate={"alpha_init": 0.3}, bm_hidden=8)
+    assert m.gates() and all(torch.allclose(g.alpha.detach(), torch.full_like(g.alpha, 0.3))
+                             for _, g in m.gates())
+    assert m.config["bm_hidden"] == 8 and m.modulator.fc2.in_features == 8
+    assert create_model("hyperprior-base", N=16, M=16).lmbda == pytest.approx(0.013)
+
+
+def test_gated_copy_keeps_the_convolution():
+    from torch import nn
+
+    from varicodec.layers import insert_gates
+
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2))
+    with torch.no_grad():
+        x = torch.randn(1, 8, 9, 9)
+        ref = net(x)
+    assert insert_gates(net) == ["0"]
+    conv = net[0]
+    assert (conv.dilation, conv.groups, conv.padding) == ((2, 2), 2, (2, 2))
+    torch.testing.assert_close(net.eval()(x), ref)  # α = 0: nothing gated off
+
+
+def test_lmbda_range_bounds():
+    with pytest.raises(ValueError):
+        LmbdaRange(0.0, 0.18)
+    r = LmbdaRange(0.0018, 0.18)
+    r.check(0.0018)
+    r.check(0.18)
+    for bad in (0.0018 * 0.99, 0.18 * 1.01, 0.5):
+        with pytest.raises(ValueError, match="outside"):
+            r.check(bad)
