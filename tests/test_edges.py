@@ -169,3 +169,20 @@ def test_lmbda_range_bounds():
     for bad in (0.0018 * 0.99, 0.18 * 1.01, 0.5):
         with pytest.raises(ValueError, match="outside"):
             r.check(bad)
+
+
+def test_calibrate_alpha_per_layer_targets():
+    from tiny_models import texture, tiny_model
+
+    from varicodec.layers import calibrate_alpha
+
+    model = tiny_model("hyperprior-ecg")
+    x = texture()
+    names = [n for n, _ in model.gates()]
+    targets = {n.removeprefix("net."): 0.25 if i % 2 else 0.5 for i, n in enumerate(names)}
+    reached = calibrate_alpha(model, lambda: model(x), targets)
+    assert set(reached) == set(names)
+    for n in names:
+        assert abs(reached[n] - targets[n.removeprefix("net.")]) <= 1 / 16 + 1e-6, reached
+    with pytest.raises(KeyError, match="no target sparsity"):
+        calibrate_alpha(model, lambda: model(x), {})
