@@ -3,7 +3,7 @@
 #
 #   bash scripts/mutation_score.sh                 # every mutant (hours on 2 cores)
 #   bash scripts/mutation_score.sh 'varicodec.losses*'   # a subset, by mutmut's names
-#   SAMPLE=60 bash scripts/mutation_score.sh       # 60 mutants per module, drawn with seed 0
+#   SAMPLE=60 SEED=0 bash scripts/mutation_score.sh   # 60 mutants per module, seed 0
 #
 # mutmut runs in a copy of the committed tree (git archive of $REF, default HEAD) under
 # $WORK (default: a new temporary folder), never in the working tree. It forks one pytest per mutant from a warmed-up process, so torch
@@ -19,6 +19,7 @@ cat >> "$WORK/pyproject.toml" <<'TOML'
 
 [tool.mutmut]
 source_paths = ["src"]
+process_isolation = "forkserver"  # torch is not fork-safe once used
 also_copy = ["benchmarks", "configs", "README.md"]
 only_mutate = [
     "src/varicodec/layers/*.py",
@@ -33,6 +34,7 @@ pytest_add_cli_args_test_selection = [
     "tests/test_loss.py", "tests/test_format.py", "tests/test_format_fuzz.py",
     "tests/test_codec_rate_control.py", "tests/test_codec_api.py", "tests/test_threads.py",
     "tests/test_sparse.py", "tests/test_fold.py", "tests/test_content.py",
+    "tests/test_edges.py",
 ]
 TOML
 cd "$WORK"
@@ -42,12 +44,12 @@ names=("$@")
 if [ -n "${SAMPLE:-}" ]; then  # generate (no mutant matches the pattern), then draw
     nice -n "${NICE:-10}" "$MUTMUT" run --max-children "${CHILDREN:-1}" 'no-such-mutant' >/dev/null || true
     "$MUTMUT" results --all true | awk -F: '{gsub(/ /, "", $1); print $1}' > all-mutants.txt
-    mapfile -t names < <(python3 - "$SAMPLE" <<'PY'
+    mapfile -t names < <(python3 - "$SAMPLE" "${SEED:-0}" <<'PY'
 import collections, random, sys
 by_module = collections.defaultdict(list)
 for name in open("all-mutants.txt").read().split():
     by_module[name.split(".x")[0].split(".xǁ")[0]].append(name)
-rng = random.Random(0)
+rng = random.Random(int(sys.argv[2]))
 for module, names in sorted(by_module.items()):
     for n in sorted(rng.sample(sorted(names), min(int(sys.argv[1]), len(names)))):
         print(n)
