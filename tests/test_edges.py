@@ -74,6 +74,11 @@ def test_loss_formulas_by_hand(image):
     mse = ((out["x_hat"] - x) ** 2).flatten(1).mean(1)
     assert r["mse"].item() == pytest.approx(mse.mean().item(), rel=1e-6)
     assert r["psnr_db"].item() == pytest.approx(-10 * math.log10(mse.mean().item()), rel=1e-6)
+    # λ weights each example's own distortion (λ differs across this batch)
+    bpp = sum(-torch.log2(v).flatten(1).sum(1) for v in out["likelihoods"].values())
+    bpp = bpp / (x.shape[2] * x.shape[3])
+    by_hand = (bpp + torch.tensor([0.002, 0.1]) * 255**2 * mse).mean()
+    assert r["loss"].item() == pytest.approx(by_hand.item(), rel=1e-5)
     sp = [float(g.sparsity) for _, g in model.gates()]
     assert 0 < r["sparsity"].item() == pytest.approx(sum(sp) / len(sp), rel=1e-6)
     # the α regulariser's default target is 1
