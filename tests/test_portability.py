@@ -19,7 +19,13 @@ import torch
 from conftest import tiny
 
 from varicodec.errors import DesyncError
-from varicodec.models.codec_model import INDEX_MARGIN, _pack_guard, _unpack_guard
+from varicodec.models.codec_model import (
+    INDEX_MARGIN,
+    _IndexGuard,
+    _nearest_boundary,
+    _pack_guard,
+    _unpack_guard,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -172,3 +178,23 @@ def test_encode_default_kernels_decode_older_kernels_and_back(tmp_path, isa):
     # the reverse: written with the older kernels, decoded here (the check passes)
     back = np.asarray(decode(Path(out + ".vcd").read_bytes())).astype(int)
     assert np.abs(back - here).mean() < 1.0  # another encode (g_a noise), same image
+
+
+def test_nearest_boundary_at_and_beyond_the_table_ends():
+    table = torch.tensor([0.11, 0.2, 0.4, 0.8])
+    scales = torch.tensor([0.05, 0.11, 0.21, 0.59, 0.61, 0.8, 5.0])
+    k, dist = _nearest_boundary(scales, table)
+    # below the first / above the last boundary: the end boundaries, not an index error
+    assert k.tolist() == [0, 0, 1, 2, 3, 3, 3]
+    want = (scales.double() / table.double()[k] - 1).abs()
+    assert torch.allclose(dist, want)
+    assert dist[1] == 0 and dist[5] == 0
+
+
+def test_guard_positions_split_per_batch_element():
+    guard = _IndexGuard.__new__(_IndexGuard)
+    guard.positions = [torch.tensor([1, 5]), torch.tensor([8, 10, 15])]
+    got = guard.item_positions(batch=2, per_item=8)
+    assert [p.tolist() for p in got] == [[1, 5], [0, 2, 7]]
+    guard.positions = []
+    assert [p.tolist() for p in guard.item_positions(batch=2, per_item=8)] == [[], []]
