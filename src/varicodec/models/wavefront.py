@@ -209,8 +209,12 @@ class WavefrontCoder:
                 s = torch.tensor(values, dtype=torch.int32, device=means.device)
                 y_hat[b].index_copy_(0, wave.padded, gc.dequantize(s.view_as(means), means))
         y_hat = y_hat.view(len(strings[0]), height + 2 * p, width + 2 * p, -1)
-        y_hat = y_hat[:, p:p + height, p:p + width].permute(0, 3, 1, 2).contiguous()
-        return {"x_hat": net.g_s(y_hat).clamp_(0, 1)}
+        # the latent is stored position-major, so the N×C×H×W view is channels-last
+        # already: g_s takes it as it is (oneDNN's channels-last kernels are faster on
+        # the CPU than NCHW ones, and give the same output here; see joint-speed.md)
+        y_hat = y_hat[:, p:p + height, p:p + width].permute(0, 3, 1, 2)
+        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        return {"x_hat": net.g_s(y_hat).clamp_(0, 1).contiguous()}
 
 
 class _Wave(NamedTuple):
