@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         code, args = _main(argv)
     except KeyboardInterrupt:  # anywhere: parsing, importing torch, coding, writing
         print("varicodec: interrupted", file=sys.stderr)
+        if argv is None:
+            # a real process: outputs were cleaned up on the way here; end it now, since
+            # the teardown of a half-imported torch can die of the same SIGINT (exit −2)
+            _exit_now(130)
         return 130
     if argv is None and getattr(args, "fast_exit", False):
         _exit_now(code)
