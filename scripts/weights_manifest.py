@@ -14,28 +14,18 @@ on disk are kept as they are, so the manifest outlives the files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from varicodec.util import file_sha256, git
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def last_commit(rel: str) -> str | None:
-    out = subprocess.run(["git", "log", "-1", "--format=%H", "--", rel], cwd=ROOT,
-                         capture_output=True, text=True)
-    return out.stdout.strip() or None
+    return git("log", "-1", "--format=%H", "--", rel, cwd=ROOT) or None
 
 
 def recipe_config(recipe: str) -> str | None:
@@ -57,7 +47,7 @@ def entry(path: Path) -> dict:
     return {
         "file": path.name,
         "bytes": path.stat().st_size,
-        "sha256": sha256(path),
+        "sha256": file_sha256(path),
         "card": card_path.name if card_path.exists() else None,
         "model": card.get("name"),
         "total_steps": card.get("total_steps"),
@@ -82,7 +72,8 @@ def main() -> int:
     known = {e["file"]: e for e in old["weights"]}
     files = sorted(folder.glob("*.safetensors"))
     if a.verify:
-        bad = [p.name for p in files if p.name not in known or known[p.name]["sha256"] != sha256(p)]
+        bad = [p.name for p in files
+               if p.name not in known or known[p.name]["sha256"] != file_sha256(p)]
         print(f"{len(files) - len(bad)} of {len(files)} files match {manifest_path.name}"
               + (f"; not matching: {', '.join(bad)}" if bad else ""))
         return 1 if bad else 0

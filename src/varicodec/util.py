@@ -10,6 +10,7 @@ anything secret, and a umask of 077 still makes both private.)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -79,6 +80,15 @@ def list_images(folder: str | os.PathLike, suffixes: Iterable[str] = IMAGE_SUFFI
         raise NotADirectoryError(f"{what} is not a folder: {d}")
     suffixes = tuple(suffixes)
     return sorted(p for p in d.iterdir() if is_image_name(p, suffixes) and p.is_file())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------- git

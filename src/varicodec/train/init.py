@@ -26,7 +26,6 @@ CompressAI's files are pickles (``.pth.tar``): they are read with
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ import torch
 
 from ..models import VaricodecModel, parse_name, read_card
 from ..quality import QUALITY_LMBDAS
+from ..util import file_sha256
 from .checkpoint import load_checkpoint
 
 __all__ = ["ZOO_ARCHITECTURES", "InitResult", "load_init", "load_init_weights", "load_checked",
@@ -249,14 +249,6 @@ def _weights_only_hub(zoo: str, quality: int, progress: bool) -> Iterator[None]:
         image.load_state_dict_from_url = original
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_zoo(model: VaricodecModel, spec: str, progress: bool) -> InitResult:
     zoo, quality = parse_zoo_spec(spec, model)
     import compressai
@@ -274,7 +266,7 @@ def _load_zoo(model: VaricodecModel, spec: str, progress: bool) -> InitResult:
     url, path = zoo_file(zoo, quality)
     source = f"compressai:{zoo}:{quality}"
     lmbda_q = QUALITY_LMBDAS[quality - 1]
-    digest = _sha256(path)
+    digest = file_sha256(path)
     prefix = re.search(r"-([0-9a-f]{8,})\.pth", path.name)
     pretrained = {
         "source": source, "compressai_version": compressai.__version__, "file": path.name,
