@@ -37,6 +37,20 @@ def set_sparsity(model, alpha: float = 0.8) -> None:
         g.alpha.data.fill_(alpha)
 
 
+def write_images(folder: Path, count: int, size: tuple[int, int], detail: int) -> Path:
+    """``count`` smooth random RGB PNGs ``im{i}.png`` of ``size`` (W×H) in a new
+    ``folder`` (``detail``² random pixels upsampled, seed 0): data for tiny recipes."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        a = rng.integers(0, 256, (detail, detail, 3), dtype=np.uint8)
+        Image.fromarray(a).resize(size, Image.Resampling.BICUBIC).save(folder / f"im{i}.png")
+    return folder
+
+
 @pytest.fixture
 def data_dir():
     if not (DATA / "train").is_dir():

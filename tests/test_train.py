@@ -5,10 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_images
 from PIL import Image
 
 from varicodec.cli import main
@@ -19,13 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def data_dir(tmp_path):
     """Six small generated images (plus one too small, one unreadable)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        a = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-        Image.fromarray(a).resize((96, 80), Image.Resampling.BICUBIC).save(folder / f"im{i}.png")
-    Image.fromarray(a).resize((40, 40)).save(folder / "small.png")
+    folder = write_images(tmp_path / "images", 6, (96, 80), detail=12)
+    Image.open(folder / "im5.png").resize((40, 40)).save(folder / "small.png")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     return folder
 

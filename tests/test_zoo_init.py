@@ -11,12 +11,10 @@ import urllib.error
 from pathlib import Path
 
 import compressai
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny
-from PIL import Image
+from conftest import tiny, write_images
 
 from varicodec import create_model
 from varicodec.models import save_model
@@ -222,13 +220,7 @@ def test_init_weights_that_do_not_fit_name_the_keys(tmp_path):
 
 @pytest.fixture
 def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(a).resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"im{i}.png")
-    return folder
+    return write_images(tmp_path / "images", 2, (64, 64), detail=8)
 
 
 def _recipe(tmp_path, images, **kw):
