@@ -354,33 +354,26 @@ def gating_report(model, rgb: np.ndarray, lmbda: float,
 
     from ..eval.flops import count_flops
     from ..imageio import pad_to_multiple, to_tensor
-    from ..layers import GatedConv2d, GatedConvTranspose2d
+    from ..layers import sparse_execution
 
     if rgb.shape[0] * rgb.shape[1] > GATING_MAX_PIXELS:
         return {"skipped": f"not counted for images over {GATING_MAX_PIXELS} pixels"}
     x = pad_to_multiple(to_tensor(rgb), model.downsampling_factor)
-    convs = [m for m in model.modules() if isinstance(m, GatedConv2d | GatedConvTranspose2d)]
-    before = [c.sparse for c in convs]
     counts = {}
     sparsity: dict[str, float] = {}
     key = tuple(x.shape)
     if dense_cache is not None and key in dense_cache:
         counts.update(dense_cache[key])
-    try:
-        for mode in ("sparse", "dense"):
-            if f"encoder_{mode}" in counts:
-                continue
-            for c in convs:
-                c.sparse = mode == "sparse"
-            with torch.no_grad():  # FlopCounterMode's module tracker needs autograd on
-                enc, counts[f"encoder_{mode}"] = count_flops(model.compress, x, lmbda)
-                _, counts[f"decoder_{mode}"] = count_flops(
-                    model.decompress, enc["strings"], enc["shape"], enc["lmbda_code"])
-            if mode == "sparse":
-                sparsity = model.sparsity()
-    finally:
-        for c, s in zip(convs, before):
-            c.sparse = s
+    for mode in ("sparse", "dense"):
+        if f"encoder_{mode}" in counts:
+            continue
+        with sparse_execution(model, enabled=mode == "sparse"), \
+                torch.no_grad():  # FlopCounterMode's module tracker needs autograd on
+            enc, counts[f"encoder_{mode}"] = count_flops(model.compress, x, lmbda)
+            _, counts[f"decoder_{mode}"] = count_flops(
+                model.decompress, enc["strings"], enc["shape"], enc["lmbda_code"])
+        if mode == "sparse":
+            sparsity = model.sparsity()
     if dense_cache is not None:
         if len(dense_cache) >= 256:  # bounded: a few ints per image size
             dense_cache.clear()
