@@ -24,6 +24,7 @@ from varicodec.models.codec_model import (
     _IndexGuard,
     _nearest_boundary,
     _pack_guard,
+    _scale_indexes,
     _unpack_guard,
 )
 
@@ -189,6 +190,25 @@ def test_nearest_boundary_at_and_beyond_the_table_ends():
     want = (scales.double() / table.double()[k] - 1).abs()
     assert torch.allclose(dist, want)
     assert dist[1] == 0 and dist[5] == 0
+
+
+def test_scale_indexes_are_compressais_build_indexes():
+    from compressai.entropy_models import GaussianConditional
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(torch.exp(torch.linspace(np.log(0.11), np.log(256), 64)))
+    table = gc.scale_table
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.cat([
+        torch.exp(torch.empty(20000).uniform_(np.log(0.01), np.log(400), generator=gen)),
+        table, torch.nextafter(table, torch.zeros(())), torch.nextafter(table, table + 1),
+        torch.tensor([0.0, -1.0, float("inf"), float("nan")]),
+    ]).view(4, -1, 1)  # any shape: 4 × n × 1
+    want = GaussianConditional.build_indexes(gc, scales)
+    got = _scale_indexes(gc, scales)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got, want)
+    assert len(set(got.reshape(-1).tolist())) == 64  # every index met
 
 
 def test_guard_positions_split_per_batch_element():

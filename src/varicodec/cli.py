@@ -80,6 +80,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; ``argv`` ``None`` means ``sys.argv`` (a real process)."""
+    if argv is None:  # this process is ours: let malloc reuse freed activations
+        from .util import retain_freed_memory
+
+        retain_freed_memory()
     try:
         code, args = _main(argv)
     except KeyboardInterrupt:  # anywhere: parsing, importing torch, coding, writing

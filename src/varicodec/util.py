@@ -1,5 +1,6 @@
 """Small utilities with one home: writing a file atomically, listing image files,
-asking git which commit is running. Plain standard library, no torch.
+asking git which commit is running, keeping freed memory for reuse. Plain standard
+library, no torch.
 
 File mode: every file varicodec writes (``.vcd`` files, decoded images, weights,
 training checkpoints) gets ``0o666 & ~umask``, the mode ``open()`` would give it —
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "atomic_write", "git", "git_commit", "git_dirty",
-           "is_image_name", "list_images"]
+           "is_image_name", "list_images", "retain_freed_memory"]
 
 #: file name extensions read as images by the codec, training and evaluation
 #: (lower case; Pillow reads them all)
@@ -27,6 +28,39 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tif
 
 #: the repository this package runs from, when it runs from a checkout
 _REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------ memory
+#: ``mallopt`` parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory(limit: int = 1 << 30) -> bool:
+    """Ask the C library's ``malloc`` to keep freed blocks of up to ``limit`` bytes for
+    reuse instead of handing them back to the system.
+
+    By default glibc maps blocks above a threshold (at most 32 MiB) afresh and unmaps
+    them when freed, and returns the top of its heap once enough of it is free, so
+    each activation of a transform on a Kodak-sized image (up to 75 MB) costs page
+    faults on first touch, every call: a fifth of the joint model's decode on this
+    project's CPU (docs/results/joint-speed.md). With this set, freed activations are
+    reused. Peak memory stays that of the largest step; what is freed is kept by the
+    process until it ends, so it suits one-shot commands and the benchmarks, which
+    call it; the library itself never changes the process's allocator.
+
+    Returns whether the setting took (``False`` off glibc, e.g. musl or macOS).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
 
 
 # ------------------------------------------------------------------ writing

@@ -9,6 +9,7 @@ from .gate import (
     gates_of,
     insert_gates,
 )
+from .gdn import InplaceGDN, use_inplace_gdn
 from .modulator import BitrateModulator, LmbdaRange
 from .sparse import GatedConv, calibrate_alpha, gated_convolutions, sparse_execution
 
@@ -18,6 +19,7 @@ __all__ = [
     "GatedConv",
     "GatedConv2d",
     "GatedConvTranspose2d",
+    "InplaceGDN",
     "LmbdaRange",
     "calibrate_alpha",
     "eca_kernel_size",
@@ -25,4 +27,5 @@ __all__ = [
     "gates_of",
     "insert_gates",
     "sparse_execution",
+    "use_inplace_gdn",
 ]

@@ -46,7 +46,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DesyncError
-from ..layers import BitrateModulator, EnergyChannelGate, LmbdaRange, gates_of, insert_gates
+from ..layers import (
+    BitrateModulator,
+    EnergyChannelGate,
+    LmbdaRange,
+    gates_of,
+    insert_gates,
+    use_inplace_gdn,
+)
 from .registry import ARCHITECTURES, VARIANTS
 from .wavefront import WavefrontCoder, supports_wavefront
 
@@ -111,6 +118,7 @@ class VaricodecModel(nn.Module):
             lmbda_ref=lmbda_ref, gate=dict(gate or {}), bm_hidden=bm_hidden,
         )
         self.net = entry.build(N, M)
+        use_inplace_gdn(self.net)
         self.lmbda = float(lmbda)
         self.gated_layers: list[str] = []
         if self.gated:
@@ -464,6 +472,16 @@ def _nearest_boundary(scales: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
     return k, (s / t[k] - 1).abs()
 
 
+def _scale_indexes(gc: nn.Module, scales: Tensor) -> Tensor:
+    """``GaussianConditional.build_indexes``, the same integers in one search instead
+    of CompressAI's 63 passes: the index of a scale is the number of boundaries
+    ``scale_table[:-1]`` strictly below its lower-bounded value (NaN: the last index).
+    ``tests/test_portability.py`` checks it against CompressAI's loop."""
+    scales = gc.lower_bound_scale(scales)
+    table = gc.scale_table[:-1].to(scales.device, scales.dtype)
+    return torch.searchsorted(table, scales.reshape(-1).contiguous()).view(scales.shape).int()
+
+
 class _IndexGuard:
     """Guards the scale indexes of one ``compress`` / ``decompress`` call and collects
     the entropy-coded symbols for the symbol check.
@@ -492,7 +510,7 @@ class _IndexGuard:
         self.symbols: list[Tensor] = []
 
     def build_indexes(self, scales: Tensor) -> Tensor:
-        idx = type(self.gc).build_indexes(self.gc, scales).contiguous()
+        idx = _scale_indexes(self.gc, scales)
         start, n = self.count, scales.numel()
         self.count += n
         table = self.gc.scale_table[:-1]

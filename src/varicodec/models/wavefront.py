@@ -173,15 +173,18 @@ class WavefrontCoder:
         y = y.flatten(2).transpose(1, 2).contiguous()  # B × HW × M
         y_strings = []
         for b in range(y.shape[0]):
-            symbols, indexes = [], []
+            symbols, scales = [], []
             for wave in waves:
-                scales, means = self._gaussians(y_hat[b], params[b], wave, weight, bias)
-                indexes.append(gc.build_indexes(scales).reshape(-1))
+                wave_scales, means = self._gaussians(y_hat[b], params[b], wave, weight, bias)
+                scales.append(wave_scales.reshape(-1))
                 s = gc.quantize(y[b].index_select(0, wave.pos), "symbols", means)
                 y_hat[b].index_copy_(0, wave.padded, s.to(means.dtype) + means)
                 symbols.append(s.reshape(-1))
+            # the indexes are needed only now: one call for the whole latent, in coding
+            # order (the index guard numbers the latents in the order it is shown them)
+            indexes = gc.build_indexes(torch.cat(scales))
             y_strings.append(RansEncoder().encode_with_indexes(
-                torch.cat(symbols).tolist(), torch.cat(indexes).tolist(), cdf, lengths, offsets))
+                torch.cat(symbols).tolist(), indexes.tolist(), cdf, lengths, offsets))
         return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
 
     def decompress(self, strings: list[list[bytes]], shape) -> dict:
