@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeats", type=int, default=1, help="timed runs per coder (median)")
     p.add_argument("--variant", default="base", choices=["base", "ecg", "bm", "ecgbm"])
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave the C library's malloc as it is (by default freed memory is "
+                        "kept for reuse, as the varicodec command does: util.retain_freed_memory)")
     p.add_argument("-o", "--output", type=Path, help="also write the JSON here")
     return p.parse_args(argv)
 
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no PNG images in {args.data}; nothing measured", file=sys.stderr)
         return 1
     from varicodec.models import weights_fingerprint
+    from varicodec.util import retain_freed_memory
+
+    retained = False if args.default_malloc else retain_freed_memory()
+    load_before = os.getloadavg()[0]
 
     images = [(p.stem, *image_tensor(p)) for p in paths]
     rows = []
@@ -199,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/joint_speed.py " + " ".join(sys.argv[1:] if argv is None
                                                                  else argv),
         "model": f"joint-{args.variant}, mbt2018 size, random weights woken (see docstring)",
-        "torch": torch.__version__, "rows": rows,
+        "torch": torch.__version__, "retain_freed_memory": retained,
+        "load_average": [load_before, os.getloadavg()[0]], "rows": rows,
     }
     if args.output:
         args.output.write_text(json.dumps(result, indent=1) + "\n")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from compressai.ans import RansDecoder, RansEncoder
 from compressai.models import JointAutoregressiveHierarchicalPriors
@@ -209,7 +210,7 @@ class WavefrontCoder:
                 values = decoder.decode_stream(
                     local.reshape(-1).tolist(), [cdf[i] for i in used],
                     [lengths[i] for i in used], [offsets[i] for i in used])
-                s = torch.tensor(values, dtype=torch.int32, device=means.device)
+                s = torch.from_numpy(np.array(values, dtype=np.int32)).to(means.device)
                 y_hat[b].index_copy_(0, wave.padded, gc.dequantize(s.view_as(means), means))
         y_hat = y_hat.view(len(strings[0]), height + 2 * p, width + 2 * p, -1)
         # the latent is stored position-major, so the N×C×H×W view is channels-last
