@@ -54,12 +54,15 @@ WEIGHTS = f"{MODEL}-tiny.safetensors"
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One golden file: format ``version``, image ``mode`` (RGB, RGBA, L), quality."""
+    """One golden file: format ``version``, image ``mode`` (RGB, RGBA, L), quality,
+    and how the guard stream names its latents (``VaricodecModel.compress``'s
+    ``guard_mode``; ``"auto"``: as the writer of that version did)."""
 
     name: str
     version: int
     mode: str = "RGB"
     quality: float = 4.0
+    guard_mode: str = "auto"
 
 
 #: one entry per readable format version (and the image kinds worth pinning)
@@ -68,6 +71,11 @@ ENTRIES = (
     Entry("v2-rgba", 2, "RGBA", 6.0),
     Entry("v3-rgb", 3),
     Entry("v3-gray", 3, "L", 2.0),
+    Entry("v4-rgb", 4),
+    # a latent of this image lies within 1e-5 of a scale boundary at quality 2.9:
+    # pins the version 4 hash-mode guard layout (on so small an image "auto" would
+    # name it by position, which is shorter)
+    Entry("v4-hash", 4, quality=2.9, guard_mode="hash"),
 )
 
 
@@ -91,15 +99,20 @@ def golden_image(mode: str) -> Image.Image:
     return img.convert(mode)
 
 
-def recode(data: bytes, model, image: Image.Image, version: int) -> bytes:
-    """``data`` (the current writer's) as format ``version`` would have stored it."""
+def recode(data: bytes, model, image: Image.Image, version: int,
+           guard_mode: str = "auto") -> bytes:
+    """``data`` (the current writer's) as format ``version`` would have stored it
+    (with ``guard_mode`` other than ``"auto"``: with that guard mode)."""
     c = Container.unpack(data)
-    if version == c.version:
+    if version == c.version and guard_mode == "auto":
         return data
     old = dataclasses.replace(c, version=version, guard=None if version == 1 else b"")
     x = pad_to_multiple(to_tensor(open_image(image).rgb), model.downsampling_factor)
     lmbda = model.lmbda_range.decode(c.lmbda_code)
-    out = model.compress(x, lmbda, order=old.coding_order)
+    # versions 2-3 name guarded latents by position; hash mode is version 4's
+    if version < 4:
+        guard_mode = "positions"
+    out = model.compress(x, lmbda, order=old.coding_order, guard_mode=guard_mode)
     s = out["strings"]
     if version == 1 and len(s[-1][0]) > 4:
         # version 1 has no explicit indexes: a latent this close to a scale-table
@@ -156,7 +169,8 @@ def write(folder: Path) -> dict:
         if e.version > FORMAT_VERSION:
             raise SystemExit(f"{e.name}: this writer only knows versions up to {FORMAT_VERSION}")
         image = golden_image(e.mode)
-        data = recode(encode(image, model, quality=e.quality), model, image, e.version)
+        data = recode(encode(image, model, quality=e.quality), model, image, e.version,
+                      e.guard_mode)
         assert data[3] == e.version
         (folder / f"{e.name}.vcd").write_bytes(data)
         decoded, symbols, distinct = decode_with_symbols(data, model)

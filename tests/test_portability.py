@@ -20,7 +20,12 @@ from conftest import tiny
 
 from varicodec.errors import DesyncError
 from varicodec.models.codec_model import (
+    HASH_THRESHOLD,
     INDEX_MARGIN,
+    _choose_hash,
+    _guard_hash,
+    _hash_forced,
+    _HashSet,
     _IndexGuard,
     _nearest_boundary,
     _pack_guard,
@@ -40,7 +45,7 @@ def test_guard_stream_roundtrip_and_malformed_streams():
         assert check == 0xDEADBEEF and np.array_equal(back, pos)
     data = _pack_guard(7, np.array([3, 17, 250_000]))
     assert len(data) < 4 + 1 + 1 + 3 * 4  # Rice-coded gaps: a few bytes per latent
-    for bad in (data[:3], data[:-1], data[:5] + b"\x63" + data[6:]):
+    for bad in (data[:3], data[:-1], data[:5] + b"\x19" + data[6:]):
         with pytest.raises(ValueError):
             _unpack_guard(bad, 300_000)
     with pytest.raises(ValueError, match="outside"):
@@ -83,19 +88,23 @@ def _perturb(model, rel: float = 1e-5, seed: int = 0):
     return [mod.register_forward_hook(hook) for mod in modules]
 
 
+@pytest.mark.parametrize("mode", ["hash", "positions"])
 @pytest.mark.parametrize("name", ["hyperprior-ecgbm", "mean-bm", "joint-base"])
-def test_perturbed_decoder_keeps_the_symbols(name, image):
+def test_perturbed_decoder_keeps_the_symbols(name, mode, image):
     model = tiny(name).eval()
     model.update()
     lm = 0.02 if model.variable_rate else None
     hooks = _snap_to_boundaries(model)
     try:
-        guarded = model.compress(image, lmbda=lm)
+        guarded = model.compress(image, lmbda=lm, guard_mode=mode)
         unguarded = model.compress(image, lmbda=lm, index_margin=0.0)
         ref = model.decompress(guarded["strings"], guarded["shape"], guarded["lmbda_code"])
         guard = guarded["strings"][-1][0]
-        _, positions = _unpack_guard(guard, model._latents_per_item(guarded["shape"]))
-        assert len(positions) >= model.config["M"] // 2  # every snapped scale is guarded
+        _, named = _unpack_guard(guard, model._latents_per_item(guarded["shape"]))
+        if mode == "hash":  # the wavefront coder shows the guard whole batch elements too
+            assert isinstance(named, _HashSet) and len(named.values) > 1
+        else:
+            assert len(named) >= model.config["M"] // 2  # every snapped scale is guarded
         assert len(unguarded["strings"][-1][0]) == 4  # the check alone
         hooks += _perturb(model)
         # with the guard: the same symbols, so the same latent up to the means' noise
@@ -218,3 +227,112 @@ def test_guard_positions_split_per_batch_element():
     assert [p.tolist() for p in got] == [[1, 5], [0, 2, 7]]
     guard.positions = []
     assert [p.tolist() for p in guard.item_positions(batch=2, per_item=8)] == [[], []]
+
+
+# ------------------------------------------------------------------ hash mode
+def test_guard_hash_pinned_values():
+    # murmur3's finaliser of number XOR (seed * 0x9E3779B9 mod 2**32): part of format
+    # version 4 (docs/FORMAT.md); a change here makes old files decode wrong
+    got = _guard_hash(np.array([0, 1, 2, 294_911, 2**32 - 1]), 0).tolist()
+    assert got == PINNED_SEED_0
+    assert _guard_hash(np.array([0, 1, 12345]), 5).tolist() == PINNED_SEED_5
+
+
+PINNED_SEED_0 = [0, 1364076727, 821347078, 540522742, 2180083513]  # fmix32(1) = 0x514E28B7
+PINNED_SEED_5 = [1215922603, 280495159, 3067021729]
+
+
+def _scales_at(table: torch.Tensor, rel: np.ndarray, rng) -> torch.Tensor:
+    """Scales at a relative distance ``rel`` (signed) from random inner boundaries."""
+    k = torch.from_numpy(rng.integers(1, len(table) - 1, len(rel)))
+    return table.double()[k] * (1 + torch.from_numpy(rel))
+
+
+def test_hash_selection_avoids_the_danger_band_and_survives_noise():
+    from compressai.entropy_models import GaussianConditional
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(torch.exp(torch.linspace(np.log(0.11), np.log(256), 64)))
+    table = gc.scale_table[:-1]
+    rng = np.random.default_rng(3)
+    sign = lambda n: rng.choice([-1.0, 1.0], n)  # noqa: E731
+    margin = INDEX_MARGIN
+    rel = np.concatenate([
+        sign(30) * rng.uniform(0, margin * 0.7, 30),  # inside G
+        sign(60) * (HASH_THRESHOLD + rng.uniform(-margin * 0.9, margin * 0.9, 60)),  # danger
+        sign(40) * rng.uniform(HASH_THRESHOLD + margin, 4 * HASH_THRESHOLD, 40),  # beyond
+        sign(20000) * rng.uniform(0.001, 0.06, 20000),  # far away
+    ])
+    order = rng.permutation(len(rel))
+    scales = _scales_at(table, rel[order], rng).float()
+    k, dist = _nearest_boundary(scales, table)
+    d = dist.numpy()
+    cand = np.flatnonzero(d < HASH_THRESHOLD + margin)
+    hashed, mask = _choose_hash(cand, d[cand], margin)
+    top = _guard_hash(cand, hashed.seed) >> np.uint64(32 - hashed.bits)
+    in_h = np.isin(top, hashed.values)
+    danger = np.abs(d[cand] - HASH_THRESHOLD) < margin
+    assert danger.sum() >= 50 and not (in_h & danger).any()  # no danger latent hashed
+    g = set(np.flatnonzero(d < margin).tolist())
+    forced = set(cand[mask].tolist())
+    assert len(g) >= 25 and g <= forced  # the forced set holds G
+    # the encoder's indexes: forced latents k + 1, the rest build_indexes
+    want = _scale_indexes(gc, scales).view(-1).clone()
+    sel = torch.from_numpy(cand[mask])
+    want[sel] = (k[sel] + 1).int()
+    # a decoder whose scales are off by up to ±3e-6 relative computes the same ones
+    for seed in range(3):
+        noise = torch.from_numpy(np.random.default_rng(seed).uniform(-3e-6, 3e-6, len(rel)))
+        noisy = (scales.double() * (1 + noise)).float()
+        got = _scale_indexes(gc, noisy).view(-1).clone()
+        dsel, dk = _hash_forced(noisy, table, 0, hashed)
+        assert set(dsel.tolist()) == forced
+        got[dsel] = (dk + 1).int()
+        assert torch.equal(got, want)
+    # and without the forcing, that noise does flip indexes (the test can fail)
+    assert not torch.equal(_scale_indexes(gc, noisy).view(-1), want)
+
+
+def test_hash_selection_gives_up_when_the_margin_leaves_no_threshold():
+    d = np.array([0.0, HASH_THRESHOLD * 0.5])  # in G and within the margin of T
+    assert _choose_hash(np.arange(2), d, margin=HASH_THRESHOLD * 0.55) is None
+    assert _choose_hash(np.arange(2), np.array([0.5, 0.7]) * HASH_THRESHOLD, 1e-6) is None
+
+
+def test_hash_guard_stream_roundtrip_and_malformed_streams():
+    rng = np.random.default_rng(1)
+    for n, bits, seed in ((1, 1, 0), (3, 6, 15), (26, 10, 7), (500, 20, 3), (3000, 24, 2)):
+        values = np.sort(rng.choice(min(1 << bits, 10**9), n, replace=False))
+        data = _pack_guard(0x01020304, np.zeros(0, np.int64), _HashSet(bits, seed, values))
+        check, back = _unpack_guard(data, 1000)
+        assert check == 0x01020304 and isinstance(back, _HashSet)
+        assert (back.bits, back.seed) == (bits, seed) and np.array_equal(back.values, values)
+    data = _pack_guard(9, np.zeros(0), _HashSet(10, 4, np.array([3, 100, 1000])))
+    assert data[5] >= 32  # the mode byte: hash mode
+    bad = (data[:5], data[:6], data[:7], data[:-1],  # truncated
+           data[:4] + b"\x80\x80\x40\xff\x00" + bytes(99),  # 2**20 hashes of 34 bits
+           data[:6] + b"\x19" + data[7:],  # Rice parameter above 24
+           data[:5] + b"\x1f" + data[6:])  # neither mode
+    for b in bad:
+        with pytest.raises(ValueError, match="guard stream"):
+            _unpack_guard(b, 300_000)
+    with pytest.raises(ValueError, match="out of range"):  # 1000 is no 9-bit value
+        _unpack_guard(data[:5] + bytes([32 + 16 * 7 + 4]) + data[6:], 300_000)
+
+
+def test_sequential_joint_order_keeps_positions_mode(image):
+    model = tiny("joint-base").eval()
+    model.update()
+    hooks = _snap_to_boundaries(model)
+    try:
+        out = model.compress(image, order="sequential", guard_mode="hash")
+        _, named = _unpack_guard(out["strings"][-1][0],
+                                 model._latents_per_item(out["shape"]))
+        assert not isinstance(named, _HashSet) and len(named) >= model.config["M"] // 2
+        ref = model.compress(image, order="wavefront", guard_mode="hash")
+        back = model.decompress(out["strings"], out["shape"], order="sequential")
+        want = model.decompress(ref["strings"], ref["shape"])
+        assert torch.allclose(back["y_hat"], want["y_hat"], atol=1e-3)
+    finally:
+        for h in hooks:
+            h.remove()

@@ -4,7 +4,7 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
 
     offset  size  field
     0       3     magic  b"VCD"
-    3       1     format version (3; versions 1 and 2 are still read)
+    3       1     format version (4; versions 1 to 3 are still read)
     4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream; bits 3-7 zero
     5       1     model id (registry name, table MODEL_IDS)
     6       8     weights fingerprint (varicodec.models.weights_fingerprint)
@@ -30,6 +30,10 @@ and the latents whose scale index the encoder made explicit
 Version 3 has version 2's layout; in it a joint model's y stream is coded in
 wavefront order (``varicodec.models.wavefront``), in versions 1-2 in CompressAI's
 position-by-position order (:attr:`Container.coding_order`).
+Version 4 has version 3's layout; its guard stream may name the guarded latents by a
+short hash instead of their positions (*hash mode*, marked by the byte after the
+count; docs/FORMAT.md), which a version 3 reader would reject as malformed. Readers
+accept both guard layouts in any version from 2; writers write hash mode only in 4.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -60,9 +64,10 @@ __all__ = [
 ]
 
 MAGIC = b"VCD"
-FORMAT_VERSION = 3
-#: versions this reader decodes; version 1 has no guard stream (no symbol check)
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+#: versions this reader decodes; version 1 has no guard stream (no symbol check);
+#: version 4 may hold a hash-mode guard stream (varicodec.models.codec_model._hash_tail)
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: the first version whose joint-model y stream is in wavefront order
 #: (varicodec.models.wavefront); versions 1-2 hold CompressAI's sequential order.
 #: The layout is version 2's; hyperprior and mean files differ only in this byte.
@@ -200,7 +205,7 @@ class Container:
         if self.version not in READABLE_VERSIONS:
             raise ValueError(f"cannot write .vcd format version {self.version}")
         if (self.guard is None) != (self.version == 1):
-            raise ValueError("a guard stream is stored exactly in format version 2")
+            raise ValueError("a guard stream is stored exactly in format versions 2 on")
 
     # ------------------------------------------------------------------ info
     @property

@@ -40,6 +40,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -333,7 +334,8 @@ class VaricodecModel(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: Tensor, lmbda: float | None = None,
-                 index_margin: float = INDEX_MARGIN, order: str = "wavefront") -> dict:
+                 index_margin: float = INDEX_MARGIN, order: str = "wavefront",
+                 guard_mode: str = "auto") -> dict:
         """Entropy-code ``x``.
 
         Returns ``{"strings": [y, z] (+ [gates] if gated) + [guard], "shape": z's
@@ -343,7 +345,12 @@ class VaricodecModel(nn.Module):
         a relative ``index_margin`` of a scale-table boundary (``0``: none; for
         tests), see :class:`_IndexGuard`. ``order``: the joint model's coding order,
         ``"wavefront"`` (:mod:`.wavefront`, format version 3) or ``"sequential"``
-        (CompressAI's loop, versions 1-2); other models ignore it.
+        (CompressAI's loop, versions 1-2); other models ignore it. ``guard_mode``:
+        how the guard stream names the guarded latents, ``"auto"`` (the shorter of
+        positions and hash mode, format version 4), ``"positions"`` (the layout of
+        versions 2-3) or ``"hash"`` (hash mode wherever the coder shows the guard a
+        whole batch element at once; for tests). CompressAI's sequential joint loop
+        decides index by index, so it always gets positions mode.
         """
         self._check_image(x)
         code = None
@@ -364,14 +371,20 @@ class VaricodecModel(nn.Module):
         for g in self._hs_gates():
             g.forced_mask = None
         gc = self.net.gaussian_conditional
-        with self._at(lm), _IndexGuard(gc, margin=index_margin) as guard:
+        f = self.downsampling_factor
+        per_item = self._latents_per_item((x.shape[2] // f, x.shape[3] // f))
+        with self._at(lm), _IndexGuard(gc, margin=index_margin, per_item=per_item,
+                                       mode=guard_mode) as guard:
             out = self._coder(order).compress(x)
         strings = list(out["strings"])
         batch = x.shape[0]
         if self.gated:
             strings.append(self._pack_side(batch))
-        positions = guard.item_positions(batch, self._latents_per_item(out["shape"]))
-        strings.append([_pack_guard(c, p) for c, p in zip(guard.checks(batch), positions)])
+        if self._latents_per_item(out["shape"]) != per_item:
+            raise ValueError("unexpected hyper-latent shape")
+        positions = guard.item_positions(batch, per_item)
+        strings.append([_pack_guard(c, p, guard.hashed.get(b)) for b, (c, p)
+                        in enumerate(zip(guard.checks(batch), positions))])
         return {"strings": strings, "shape": tuple(out["shape"]), "lmbda": lmbda_used,
                 "lmbda_code": code}
 
@@ -418,12 +431,15 @@ class VaricodecModel(nn.Module):
         per_item = self._latents_per_item(shape)
         guards = None
         forced = None
+        hashed: dict[int, _HashSet] = {}
         if len(strings) > n_streams:
             if len(strings[n_streams]) != batch:
                 raise ValueError("guard stream count does not match the batch")
             guards = [_unpack_guard(s, per_item) for s in strings[n_streams]]
+            hashed = {b: h for b, (_, h) in enumerate(guards) if isinstance(h, _HashSet)}
             forced = torch.from_numpy(np.concatenate(
-                [p + b * per_item for b, (_, p) in enumerate(guards)]))
+                [np.zeros(0, np.int64)] + [p + b * per_item for b, (_, p) in enumerate(guards)
+                                           if not isinstance(p, _HashSet)]))
         lm = None
         if self.variable_rate:
             if lmbda_code is None:
@@ -436,7 +452,8 @@ class VaricodecModel(nn.Module):
             self._unpack_side(strings[2])
         gc = self.net.gaussian_conditional
         try:
-            with self._at(lm), _IndexGuard(gc, forced=forced) as guard:
+            with self._at(lm), _IndexGuard(gc, forced=forced, per_item=per_item,
+                                           hashed=hashed) as guard:
                 out = self._coder(order).decompress(list(strings[:2]), shape)
         finally:
             for g in self._hs_gates():
@@ -456,6 +473,110 @@ class VaricodecModel(nn.Module):
 
 # ------------------------------------------------------------- index guard
 _CHECK = struct.Struct(">I")
+
+#: Hash mode (format version 4): the decoder's "near a boundary" threshold. A latent
+#: whose hash is in the sent set is forced iff its own relative distance to the
+#: nearest boundary is below this; it must exceed ``INDEX_MARGIN`` plus the largest
+#: float noise (the encoder keeps every hashed latent ``INDEX_MARGIN`` away from it).
+HASH_THRESHOLD = 2e-5
+#: seeds the encoder may try per hash width (the mode byte holds 4 bits of seed)
+HASH_SEEDS = 16
+#: widest hash, in bits (hashes are 32-bit; the top ``bits`` are kept)
+HASH_MAX_BITS = 31
+#: mode byte of a hash-mode stream: ``HASH_MODE_BASE + 16 · Δ + seed``, where
+#: ``bits = bit_length(count) + Δ``, ``Δ`` 0 … 13; a positions-mode stream has its
+#: Rice parameter (0 … 24) in that byte
+HASH_MODE_BASE = 32
+_MASK32 = np.uint64(0xFFFFFFFF)
+#: guard modes of :meth:`VaricodecModel.compress`
+GUARD_MODES = ("auto", "positions", "hash")
+
+
+class _HashSet(NamedTuple):
+    """A hash-mode guard of one batch element: the ``bits``-bit hashes under ``seed``
+    of the latents the decoder forces (sorted, distinct)."""
+
+    bits: int
+    seed: int
+    values: np.ndarray
+
+
+def _guard_hash(numbers: np.ndarray | Tensor, seed: int) -> np.ndarray:
+    """The 32-bit hash of latent numbers (local to the batch element) under ``seed``:
+    murmur3's finaliser of ``number XOR (seed · 0x9E3779B9 mod 2³²)``, in uint32
+    arithmetic (numpy uint64 and a mask). Hash mode keeps its top ``bits`` bits
+    (``h >> (32 − bits)``). Pinned by ``tests/test_portability.py``; docs/FORMAT.md."""
+    h = np.asarray(numbers).astype(np.uint64) & _MASK32
+    h ^= np.uint64((seed * 0x9E3779B9) & 0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & _MASK32
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & _MASK32
+    h ^= h >> np.uint64(16)
+    return h
+
+
+def _top_bits(h: np.ndarray, bits: int) -> np.ndarray:
+    return h >> np.uint64(32 - bits)
+
+
+def _choose_hash(numbers: np.ndarray, dist: np.ndarray,
+                 margin: float) -> tuple[_HashSet, np.ndarray] | None:
+    """The encoder's hash-mode selection for one batch element.
+
+    ``numbers`` / ``dist``: the latents with ``dist < HASH_THRESHOLD + margin`` (no
+    other latent can matter) and their relative distance to the nearest boundary.
+    G = {dist < margin} must be forced. For ``bits`` = bit_length(|G|) … 31 and
+    ``seed`` = 0 … 15: H = the hashes of G; the *danger* latents are those with a
+    hash in H and ``|dist − HASH_THRESHOLD| < margin`` (their "below the threshold"
+    test could come out otherwise on the decoder). The first (bits, seed) without
+    danger is taken. Returns it with the mask (over ``numbers``) of the latents the
+    encoder forces, {hash ∈ H and dist < HASH_THRESHOLD} ⊇ G; ``None`` if G is
+    empty or no choice is safe (the caller then writes positions).
+
+    Why the decoder forces exactly the same latents and computes the same indexes,
+    given scales within a relative ``margin`` of the encoder's:
+
+    * a latent whose ``build_indexes`` could flip lies within ``margin`` of a
+      boundary, so it is in G: its hash is in H and its distance is below the
+      threshold on both sides, so both force it, to ``k + 1`` of the same boundary;
+    * a latent with a hash in H whose distance lies within ``margin`` of the
+      threshold does not exist (the seed search excludes it), so every latent with
+      a hash in H is below the threshold on both sides or above it on both;
+    * every other latent is decided by ``build_indexes`` identically on both sides.
+    """
+    g = dist < margin
+    n_g = int(g.sum())
+    if not n_g:
+        return None
+    danger = np.abs(dist - HASH_THRESHOLD) < margin
+    if (g & danger).any():
+        return None  # a margin this wide leaves no safe threshold
+    full = [_guard_hash(numbers, seed) for seed in range(HASH_SEEDS)]
+    for bits in range(n_g.bit_length(), HASH_MAX_BITS + 1):
+        for seed, h in enumerate(full):
+            top = _top_bits(h, bits)
+            values = np.unique(top[g])
+            if bits - len(values).bit_length() > 13:
+                continue  # Δ does not fit the mode byte
+            if np.isin(top[danger], values).any():
+                continue
+            return _HashSet(bits, seed, values), np.isin(top, values) & (dist < HASH_THRESHOLD)
+    return None
+
+
+def _hash_forced(scales: Tensor, table: Tensor, first: int,
+                 hashed: _HashSet) -> tuple[Tensor, Tensor]:
+    """The decoder's rule for the scales of latents ``first, first + 1, …`` of one
+    batch element: (positions in ``scales``, their boundary ``k``) of the latents
+    whose hash is in the set and whose own distance is below ``HASH_THRESHOLD``."""
+    k, dist = _nearest_boundary(scales, table)
+    near = (dist < HASH_THRESHOLD).nonzero().squeeze(1)
+    if not near.numel():
+        return near, k[near]
+    top = _top_bits(_guard_hash(near.numpy() + first, hashed.seed), hashed.bits)
+    sel = near[torch.from_numpy(np.isin(top, hashed.values))]
+    return sel, k[sel]
 
 
 def _nearest_boundary(scales: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
@@ -495,16 +616,28 @@ class _IndexGuard:
     or wavefront order).
 
     * encoder (``margin``): a latent whose scale lies within ``margin`` of boundary
-      ``t_k`` is coded with index ``k + 1``, whichever side it fell on, and its
-      number goes to :attr:`positions`;
-    * decoder (``forced``): at those numbers the index is ``k + 1`` for the boundary
-      ``k`` nearest to the decoder's own scale (float noise is ~10⁴ times smaller
-      than the 13 % gap between boundaries); elsewhere it is ``build_indexes``'s.
+      ``t_k`` is coded with index ``k + 1``, whichever side it fell on. How the
+      decoder learns which: *positions mode* lists their numbers
+      (:attr:`positions`); *hash mode* (``mode`` ``"hash"`` or ``"auto"``, only for
+      a ``build_indexes`` call that covers whole batch elements, so that all their
+      scales are known before any index is decided) sends a short hash of each and
+      forces a few more latents, see :func:`_choose_hash` (:attr:`hashed`, per
+      element). ``"auto"`` writes whichever stream is shorter.
+    * decoder (``forced`` numbers, ``hashed`` per element): at the forced numbers,
+      and at the latents the hash rule selects (:func:`_hash_forced`), the index is
+      ``k + 1`` for the boundary ``k`` nearest to the decoder's own scale (float
+      noise is ~10⁴ times smaller than the 13 % gap between boundaries); elsewhere
+      it is ``build_indexes``'s.
     """
 
     def __init__(self, gc: nn.Module, margin: float | None = None,
-                 forced: Tensor | None = None) -> None:
+                 forced: Tensor | None = None, *, per_item: int | None = None,
+                 mode: str = "positions", hashed: dict[int, _HashSet] | None = None) -> None:
+        if mode not in GUARD_MODES:
+            raise ValueError(f"unknown guard mode {mode!r}; choose from {GUARD_MODES}")
         self.gc, self.margin, self.forced = gc, margin, forced
+        self.per_item, self.mode = per_item, mode
+        self.hashed: dict[int, _HashSet] = dict(hashed or {})
         self.count = 0
         self.positions: list[Tensor] = []
         self.symbols: list[Tensor] = []
@@ -514,22 +647,73 @@ class _IndexGuard:
         start, n = self.count, scales.numel()
         self.count += n
         table = self.gc.scale_table[:-1]
+        flat = idx.view(-1)
         if self.margin is not None:
-            k, dist = _nearest_boundary(scales, table)
+            sel, k = self._encode_call(scales, table, start, n)
+        else:
+            sel, k = self._decode_call(scales, table, start, n)
+        if sel.numel():
+            flat[sel.to(flat.device)] = (k + 1).to(flat.device, flat.dtype)
+        return idx
+
+    def _encode_call(self, scales: Tensor, table: Tensor, start: int,
+                     n: int) -> tuple[Tensor, Tensor]:
+        """Encoder: (positions in this call, boundaries) of the latents to force."""
+        assert self.margin is not None
+        k, dist = _nearest_boundary(scales, table)
+        per = self.per_item
+        whole = (self.mode != "positions" and per is not None and per > 0
+                 and start % per == 0 and n % per == 0)
+        if not whole:
             sel = (dist < self.margin).nonzero().squeeze(1)
-            k = k[sel]
             if sel.numel():
                 self.positions.append(sel + start)
-        elif self.forced is not None:
+            return sel, k[sel]
+        assert per is not None
+        chosen: list[Tensor] = []
+        for j in range(n // per):
+            lo = j * per
+            d = dist[lo:lo + per].numpy()
+            g = np.flatnonzero(d < self.margin)
+            cand = np.flatnonzero(d < HASH_THRESHOLD + self.margin)
+            pick = _choose_hash(cand, d[cand], self.margin) if len(g) else None
+            if pick is not None:
+                hashed, mask = pick
+                if self.mode == "hash" or (len(_hash_tail(hashed))
+                                           < len(_positions_tail(g))):
+                    self.hashed[(start + lo) // per] = hashed
+                    chosen.append(torch.from_numpy(cand[mask]) + lo)
+                    continue
+            if len(g):
+                self.positions.append(torch.from_numpy(g) + start + lo)
+                chosen.append(torch.from_numpy(g) + lo)
+        sel = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)
+        return sel, k[sel]
+
+    def _decode_call(self, scales: Tensor, table: Tensor, start: int,
+                     n: int) -> tuple[Tensor, Tensor]:
+        """Decoder: (positions in this call, boundaries) of the latents to force."""
+        parts: list[Tensor] = []
+        if self.forced is not None:
             sel = self.forced[(self.forced >= start) & (self.forced < start + n)] - start
-            if not sel.numel():
-                return idx
-            k, _ = _nearest_boundary(scales.reshape(-1)[sel.to(scales.device)], table)
-        else:
-            return idx
-        flat = idx.view(-1)
-        flat[sel.to(flat.device)] = (k + 1).to(flat.device, flat.dtype)
-        return idx
+            if sel.numel():
+                parts.append(sel)
+        flat = scales.reshape(-1)
+        if self.hashed and self.per_item:
+            per = self.per_item
+            for b in range(start // per, (start + n - 1) // per + 1):
+                if b not in self.hashed:
+                    continue
+                lo, hi = max(start, b * per), min(start + n, (b + 1) * per)
+                sel, _ = _hash_forced(flat[lo - start:hi - start], table, lo - b * per,
+                                      self.hashed[b])
+                if sel.numel():
+                    parts.append(sel + (lo - start))
+        if not parts:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+        sel = torch.cat(parts)
+        k, _ = _nearest_boundary(flat[sel.to(flat.device)], table)
+        return sel, k
 
     def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
         out = type(self.gc).quantize(self.gc, inputs, mode, means)
@@ -566,27 +750,58 @@ class _IndexGuard:
                 for b in range(batch)]
 
 
-def _pack_guard(check: int, positions: np.ndarray) -> bytes:
-    """The guard stream: ``check`` (4 bytes), then if any latent is guarded, their
-    count (varint), a Rice parameter ``r`` (1 byte) and the gaps between successive
-    latent numbers (``pos − previous − 1``, previous = −1), Rice-coded: the quotient
-    ``gap >> r`` in unary (ones ended by a zero), then the ``r`` low bits, MSB first.
-    """
-    out = bytearray(_CHECK.pack(check))
-    if not len(positions):
-        return bytes(out)
-    gaps = np.diff(np.asarray(positions, np.int64), prepend=-1) - 1
+def _rice_bits(gaps: np.ndarray) -> tuple[int, bytes]:
+    """The Rice parameter ``r`` (0 … 24) that codes ``gaps`` shortest, and the gaps
+    coded with it: the quotient ``gap >> r`` in unary (ones ended by a zero), then
+    the ``r`` low bits, MSB first; bit-packed, zero-padded."""
     r = min(range(25), key=lambda r: int((gaps >> r).sum()) + len(gaps) * (r + 1))
     bits: list[int] = []
     for g in gaps.tolist():
         bits += [1] * (g >> r) + [0] + [(g >> i) & 1 for i in range(r - 1, -1, -1)]
-    out += _varint(len(gaps)) + bytes([r]) + np.packbits(np.array(bits, np.uint8)).tobytes()
-    return bytes(out)
+    return r, np.packbits(np.array(bits, np.uint8)).tobytes()
 
 
-def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray]:
-    """Inverse of :func:`_pack_guard`: ``(check, latent numbers)``; ``ValueError``
-    for a malformed stream or a number outside ``[0, per_item)``."""
+def _gaps(values: np.ndarray) -> np.ndarray:
+    return np.diff(np.asarray(values, np.int64), prepend=-1) - 1
+
+
+def _positions_tail(positions: np.ndarray) -> bytes:
+    """Positions mode, after the check: count (varint), Rice parameter, gaps."""
+    r, data = _rice_bits(_gaps(positions))
+    return _varint(len(positions)) + bytes([r]) + data
+
+
+def _hash_tail(hashed: _HashSet) -> bytes:
+    """Hash mode (format version 4), after the check: count (varint), mode byte
+    ``HASH_MODE_BASE + 16 · Δ + seed`` (``bits = bit_length(count) + Δ``), Rice
+    parameter, gaps of the sorted distinct hash values."""
+    n = len(hashed.values)
+    delta = hashed.bits - n.bit_length()
+    if not (n and 0 <= delta <= 13 and 0 <= hashed.seed < HASH_SEEDS
+            and hashed.bits <= HASH_MAX_BITS):
+        raise ValueError("hash-mode guard out of range")
+    r, data = _rice_bits(_gaps(hashed.values))
+    return _varint(n) + bytes([HASH_MODE_BASE + 16 * delta + hashed.seed, r]) + data
+
+
+def _pack_guard(check: int, positions: np.ndarray, hashed: _HashSet | None = None) -> bytes:
+    """The guard stream: ``check`` (4 bytes), then, if any latent is guarded, either
+    their numbers (positions mode: count varint, Rice parameter ``r`` ≤ 24, the gaps
+    ``pos − previous − 1`` with previous = −1, Rice-coded) or, given ``hashed``,
+    the hash-mode tail (:func:`_hash_tail`; its mode byte is ≥ ``HASH_MODE_BASE``,
+    which tells the two apart)."""
+    out = _CHECK.pack(check)
+    if hashed is not None:
+        return out + _hash_tail(hashed)
+    if not len(positions):
+        return out
+    return out + _positions_tail(positions)
+
+
+def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray | _HashSet]:
+    """Inverse of :func:`_pack_guard`: ``(check, latent numbers)`` for a positions-mode
+    stream, ``(check, _HashSet)`` for a hash-mode one; ``ValueError`` for a malformed
+    stream or a number outside ``[0, per_item)``."""
     if len(stream) < _CHECK.size:
         raise ValueError("guard stream shorter than its symbol check")
     (check,) = _CHECK.unpack_from(stream)
@@ -603,10 +818,33 @@ def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray]:
             break
     else:
         raise ValueError("guard stream: count too long")
-    if not 0 < n <= per_item or pos >= len(stream) or stream[pos] > 24:
+    if n == 0 or pos >= len(stream):
         raise ValueError("guard stream: bad count or Rice parameter")
-    r = stream[pos]
-    bits = np.unpackbits(np.frombuffer(stream, np.uint8, offset=pos + 1)).tolist()
+    mode = stream[pos]
+    if mode <= 24:  # positions mode: the byte is the Rice parameter
+        if n > per_item:
+            raise ValueError("guard stream: bad count or Rice parameter")
+        return check, _rice_values(stream, pos + 1, n, mode, per_item,
+                                   "guard stream names a latent outside the image")
+    if mode < HASH_MODE_BASE:
+        raise ValueError("guard stream: bad count or Rice parameter")
+    delta, seed = divmod(mode - HASH_MODE_BASE, 16)
+    bits = n.bit_length() + delta
+    if bits > HASH_MAX_BITS:
+        raise ValueError("guard stream: hash wider than 31 bits")
+    if pos + 1 >= len(stream) or stream[pos + 1] > 24:
+        raise ValueError("guard stream: bad Rice parameter")
+    values = _rice_values(stream, pos + 2, n, stream[pos + 1], 1 << bits,
+                          "guard stream: hash value out of range")
+    return check, _HashSet(bits, seed, values)
+
+
+def _rice_values(stream: bytes, start: int, n: int, r: int, limit: int,
+                 outside: str) -> np.ndarray:
+    """``n`` strictly increasing numbers below ``limit`` from Rice-coded gaps."""
+    if n * (1 + r) > 8 * (len(stream) - start):
+        raise ValueError("guard stream truncated")
+    bits = np.unpackbits(np.frombuffer(stream, np.uint8, offset=start)).tolist()
     out, i, prev = np.empty(n, np.int64), 0, -1
     for j in range(n):
         q = 0
@@ -619,10 +857,10 @@ def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray]:
             low = (low << 1) | b
         i += 1 + r
         prev = prev + 1 + ((q << r) | low)
-        if prev >= per_item:
-            raise ValueError("guard stream names a latent outside the image")
+        if prev >= limit:
+            raise ValueError(outside)
         out[j] = prev
-    return check, out
+    return out
 
 
 def _varint(n: int) -> bytes:
