@@ -1,34 +1,58 @@
 #!/usr/bin/env bash
-# Train (or continue) the whole ScaleHyperprior grid of issue 7 and export every model to
+# Train (or continue) the paper's grid for one architecture and export every model to
 # checkpoints/paper/ (configs/paper/README.md). Resumable: finished runs are skipped,
 # interrupted ones continue from their checkpoint. Usage:
-#   bash scripts/paper_grid.sh [STAGE...]     stages: bm base ecg extra ecgbm ablation
+#   [ARCH=hyperprior|mean|joint] bash scripts/paper_grid.sh [STAGE...]
+#   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation)
+# ARCH=hyperprior (the default) is issue 7's grid, N=128/M=192 throughout, unchanged; its
+# default stages are bm base ecg extra ecgbm ablation, and `pre` trains its shared
+# pre-training configs/hyperprior-bm-cpu.yaml. ARCH=mean and ARCH=joint are issue 12's grids
+# at CompressAI's per-quality widths and the universal N=192/M=320; their default stages
+# are pre bm base ecg extra ecgbm. Environment:
+#   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
+#               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
+#   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARICODEC=${VARICODEC:-varicodec}
 OUT=${OUT:-checkpoints/paper}
-mkdir -p "$OUT" runs
+ARCH=${ARCH:-hyperprior}
+read -r -a train_args <<<"${TRAIN_ARGS:-}"
 
-run() {  # run CONFIG EXPORT_NAME
-  local cfg=configs/paper/$1.yaml name
+run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
+  local cfg=configs/$1.yaml name
+  if [[ -n ${DRY_RUN:-} ]]; then echo "$cfg -> $OUT/$2.safetensors"; return; fi
+  mkdir -p "$OUT" runs
   name=$(sed -n 's/^name: *//p' "$cfg")
   if [[ -f "$OUT/$2.safetensors" ]]; then echo "done: $OUT/$2.safetensors"; return; fi
   local resume=()
   [[ -f runs/$name/checkpoint.safetensors ]] && resume=(--resume)
-  "$VARICODEC" train --config "$cfg" "${resume[@]}" 2>>"runs/$name.log"
+  "$VARICODEC" train --config "$cfg" "${resume[@]}" "${train_args[@]}" 2>>"runs/$name.log"
   "$VARICODEC" export "runs/$name" --out "$OUT/$2.safetensors"
 }
 
+QS=(1 2 3 4 5 6 7 8)
+case $ARCH in
+  hyperprior) defaults=(bm base ecg extra ecgbm ablation) ;;
+  mean) defaults=(pre bm base ecg extra ecgbm); widths=(128x192 192x320) ;;
+  joint) defaults=(pre bm base ecg extra ecgbm); widths=(192x192 192x320) ;;
+  *) echo "unknown ARCH $ARCH (hyperprior mean joint)" >&2; exit 2 ;;
+esac
+
 stages=("$@")
-[[ ${#stages[@]} -gt 0 ]] || stages=(bm base ecg extra ecgbm ablation)
+[[ ${#stages[@]} -gt 0 ]] || stages=("${defaults[@]}")
 for stage in "${stages[@]}"; do
-  case $stage in
-    bm) run hyperprior-bm hyperprior-bm ;;
-    base) for q in 1 2 3 4 5 6 7 8; do run hyperprior-base-q$q hyperprior-base-q$q; done ;;
-    ecg) for q in 1 2 3 4 5 6 7 8; do run hyperprior-ecg-q$q hyperprior-ecg-q$q; done ;;
-    extra) for q in 1 2 3 4 5 6 7 8; do run hyperprior-base-q$q-extra hyperprior-base-extra-q$q; done ;;
-    ecgbm) run hyperprior-ecgbm hyperprior-ecgbm; run hyperprior-ecgbm-flops hyperprior-ecgbm-flops ;;
-    ablation) for a in alpha tau flops; do run ablation-$a-q4 ablation-$a-q4; done ;;
-    *) echo "unknown stage $stage (bm base ecg extra ecgbm ablation)" >&2; exit 2 ;;
+  case $ARCH:$stage in
+    hyperprior:pre) run hyperprior-bm-cpu hyperprior-bm-cpu ;;
+    hyperprior:ablation) for a in alpha tau flops; do run paper/ablation-$a-q4 ablation-$a-q4; done ;;
+    hyperprior:ecgbm)
+      run paper/hyperprior-ecgbm hyperprior-ecgbm; run paper/hyperprior-ecgbm-flops hyperprior-ecgbm-flops ;;
+    *:pre) for w in "${widths[@]}"; do run "paper/$ARCH-pre-$w" "$ARCH-pre-$w"; done ;;
+    *:bm) run "paper/$ARCH-bm" "$ARCH-bm" ;;
+    *:base) for q in "${QS[@]}"; do run "paper/$ARCH-base-q$q" "$ARCH-base-q$q"; done ;;
+    *:ecg) for q in "${QS[@]}"; do run "paper/$ARCH-ecg-q$q" "$ARCH-ecg-q$q"; done ;;
+    *:extra) for q in "${QS[@]}"; do run "paper/$ARCH-base-q$q-extra" "$ARCH-base-extra-q$q"; done ;;
+    *:ecgbm) run "paper/$ARCH-ecgbm" "$ARCH-ecgbm" ;;
+    *) echo "unknown stage $stage for $ARCH (${defaults[*]})" >&2; exit 2 ;;
   esac
 done

@@ -1,12 +1,15 @@
 """Every recipe in configs/ parses into a TrainConfig and names a registry model;
 the GPU queue's plan names recipes that exist."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from varicodec.models import parse_name
+from varicodec.models import ARCHITECTURES, parse_name
+from varicodec.quality import QUALITY_LMBDAS
 from varicodec.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +42,64 @@ def test_recipe_loads(path):
         assert cfg.lmbda_range[0] < cfg.lmbda_range[1]
     if variant in ("ecg", "ecgbm") and path.parent.name == "paper":
         assert cfg.gamma > 0
+
+
+# ---------------------------------------------------------------- the paper's grid (issue 12)
+PAPER = ROOT / "configs" / "paper"
+UNIVERSAL = (192, 320)
+
+
+def _grid(arch: str, *stages: str) -> list[tuple[Path, str]]:
+    """(config, export) of every model ``scripts/paper_grid.sh`` trains for ``arch``, in order."""
+    env = {**os.environ, "ARCH": arch, "DRY_RUN": "1"}
+    env.pop("TRAIN_ARGS", None)
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), *stages], env=env,
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    rows = [line.split(" -> ") for line in out.splitlines()]
+    return [(ROOT / cfg, Path(export).stem) for cfg, export in rows]
+
+
+@pytest.mark.parametrize("arch", ["mean", "joint"])
+def test_paper_grid_has_the_issue_sizes(arch):
+    """8 base, 8 ecg, 8 extra at CompressAI's width of each quality, bm and ecgbm at
+    N=192/M=320, one pre-training per width; every model starts from one trained earlier in
+    the grid; every configs/paper/{arch}-*.yaml is in it."""
+    grid = _grid(arch)
+    widths = ARCHITECTURES[arch].widths[:8]
+    assert len(grid) == 8 * 3 + 2 + len(set(widths))
+    assert {p for p, _ in grid} == set(PAPER.glob(f"{arch}-*.yaml"))
+    assert len({e for _, e in grid}) == len(grid)
+    trained: set[str] = set()
+    for path, export in grid:
+        cfg = load_config(path)
+        a, variant = parse_name(cfg.model)
+        assert a == arch, path.name
+        stage = path.stem.removeprefix(f"{arch}-")
+        if stage.startswith("pre-"):
+            assert variant == "bm" and cfg.init is None
+            assert stage == f"pre-{cfg.N}x{cfg.M}"
+        elif variant in ("bm", "ecgbm"):
+            assert (cfg.N, cfg.M) == UNIVERSAL, path.name
+            assert cfg.lmbda_range == [QUALITY_LMBDAS[0], QUALITY_LMBDAS[-1]]
+        else:
+            q = int(stage.split("-")[1].removeprefix("q"))
+            assert (cfg.N, cfg.M) == widths[q - 1], path.name
+            assert cfg.lmbda == pytest.approx(QUALITY_LMBDAS[q - 1])
+            parent = f"pre-{cfg.N}x{cfg.M}" if stage == f"base-q{q}" else f"base-q{q}"
+            assert cfg.init == f"runs/paper-{arch}-{parent}", path.name
+        if variant in ("ecg", "ecgbm"):
+            assert cfg.gamma > 0 and cfg.regularizer == "flops"
+        assert cfg.name == f"paper-{path.stem}" and export.startswith(arch)
+        if cfg.init is not None:  # its starting weights come from an earlier run of the grid
+            assert cfg.init.removeprefix("runs/") in trained, path.name
+        trained.add(cfg.name)
+
+
+def test_paper_grid_hyperprior_is_issue_7s():
+    """ARCH=hyperprior (the default) still names issue 7's configs, N=128/M=192 throughout."""
+    grid = _grid("hyperprior")
+    assert len(grid) == 8 * 3 + 1 + 2 + 3
+    for path, _ in grid:
+        cfg = load_config(path)
+        assert parse_name(cfg.model)[0] == "hyperprior" and (cfg.N, cfg.M) == (128, 192)
+    assert [p.name for p, _ in _grid("hyperprior", "pre")] == ["hyperprior-bm-cpu.yaml"]
