@@ -270,3 +270,32 @@ def test_continuity_counts_reversals_and_gaps():
     assert continuity(result([0.1, 0.2], [25, 26])) is None
     assert "| vr | 4 | 0.100–0.400 | 1 | 1 |" in make_tables([result([0.1, 0.3, 0.2, 0.4],
                                                                       [25, 27, 26, 28])])
+
+
+def test_paper_table_puts_every_architecture_in_one_table():
+    """Section "The paper's table": one table, rows of each architecture that has a base
+    and an ecg set, values per quality column (matched by λ), the poster's rows beside."""
+    from varicodec.eval.table import POSTER_TABLE
+
+    rates, psnrs = [0.15, 0.25, 0.4, 0.6], [28.0, 30.0, 32.0, 34.0]
+    results = []
+    for arch, f in (("hyperprior", 2e9), ("joint", 3e9)):
+        results.append(_fake(f"{arch}-base", arch, "base", rates, psnrs, flops=[6e9] * 4))
+        results.append(_fake(f"{arch}-ecg", arch, "ecg", rates, [p * 0.99 for p in psnrs],
+                             flops=[f] * 4, sparsity={"net.g_a.2": 0.5, "net.g_s.0": 0.25}))
+    results.append(_fake("mean-base", "mean", "base", rates, psnrs, flops=[6e9] * 4))
+    text = make_tables(results)
+    section = text.split("## The paper's table")[1].split("\n## ")[0]
+    assert section.count("\n| model | figure | q1 |") == 1  # one table
+    # ecg 1 % below base at q1..q4, q5..q8 absent; FLOPs 6/2 = 3× and 6/3 = 2×
+    assert "| hyperprior | PSNR drop % (hyperprior-ecg) | 1.00 | 1.00 | 1.00 | 1.00 | n/a |" \
+        in section
+    assert "| hyperprior | FLOP reduction × (hyperprior-ecg) | 3.00 | 3.00 | 3.00 | 3.00 |" \
+        in section
+    assert "| joint | FLOP reduction × (joint-ecg) | 2.00 | 2.00 |" in section
+    assert "| joint | sparsity (joint-ecg) | 0.375 |" in section
+    poster = POSTER_TABLE["joint"]["flop_reduction"]
+    assert "| joint | FLOP reduction × (poster) | " + " | ".join(f"{v:.2f}" for v in poster) \
+        in section
+    assert "| mean |" not in section  # no ecg set, no row
+    assert section.index("| hyperprior |") < section.index("| joint |")

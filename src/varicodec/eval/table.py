@@ -6,16 +6,20 @@ Sections (each appears when its inputs are present):
    against an anchor curve (``--anchor LABEL``; default the ``jpeg`` codec
    when present) and, for our models, against CompressAI's published curve of
    the same architecture.
-2. **Against the dense fixed-rate models, λ by λ** — for each architecture,
+2. **The paper's table** — one table for every architecture with a ``base`` and an
+   ``ecg`` set: PSNR drop % and FLOP reduction × per quality 1–8 (and the mean
+   sparsity), each row next to the poster's row of the same architecture
+   (:data:`POSTER_TABLE`), the layout of the poster's Table 1.
+3. **Against the dense fixed-rate models, λ by λ** — for each architecture,
    every ``ecg``, ``bm`` and ``ecgbm`` result against the ``base`` set, per quality (points
    matched by λ): PSNR drop in %, FLOP reduction × (encoder, decoder, both),
    mean sparsity over gated layers; the paper's Table 1.
-3. **Variable rate against the fixed set** — each variable-rate model
+4. **Variable rate against the fixed set** — each variable-rate model
    (``bm``, ``ecgbm``) against ``base`` (and ``ecg``) of its architecture:
    BD-rate, BD-PSNR, and the storage saving of one model against the fixed
    set (bytes on disk).
-4. **BD-rate matrix** (``matrix=True``) — every curve against every other.
-5. **Rate points** (``points=True``) — every point of every curve: setting,
+5. **BD-rate matrix** (``matrix=True``) — every curve against every other.
+6. **Rate points** (``points=True``) — every point of every curve: setting,
    bpp (real and estimated), PSNR, MS-SSIM, times, FLOPs, sparsity.
 
 PSNR drop % = ``(PSNR_base − PSNR_x) / PSNR_base · 100``; FLOP reduction =
@@ -30,10 +34,28 @@ import math
 from collections.abc import Sequence
 
 from ..metrics import bd_psnr, bd_rate
+from ..quality import QUALITY_LMBDAS
 from .reference import PUBLISHED_KODAK, reference_results
 from .results import curve
 
-__all__ = ["make_tables"]
+__all__ = ["POSTER_TABLE", "make_tables"]
+
+#: The poster's Table 1 (Yin et al., ICASSP 2022; ../shared/seed): ECG on each fixed-rate
+#: model, quality 1..8 → (PSNR drop %, FLOP reduction ×). Reference figures, not results.
+POSTER_TABLE: dict[str, dict[str, tuple[float, ...]]] = {
+    "hyperprior": {
+        "psnr_drop": (0, 0.346, 0.228, 0.269, 0.336, 0, 0, 0.216),
+        "flop_reduction": (2.54, 2.86, 2.60, 2.54, 2.54, 2.07, 2.14, 2.03),
+    },
+    "mean": {
+        "psnr_drop": (0.39, 0.22, 0.77, 0.69, 0.37, 0.61, 0.71, 0.78),
+        "flop_reduction": (2.34, 2.50, 2.56, 2.68, 2.33, 2.12, 2.12, 2.24),
+    },
+    "joint": {
+        "psnr_drop": (0.207, 0.335, 0.437, 0.807, 0.465, 0.150, 0.354, 0.553),
+        "flop_reduction": (2.43, 2.67, 2.48, 2.23, 2.29, 2.02, 2.06, 2.02),
+    },
+}
 
 
 def _f(v: float | None, fmt: str, unit: str = "") -> str:
@@ -141,6 +163,61 @@ def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
         lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f', ' %')}, "
                   f"BD-PSNR {_f(dpsnr, '+.3f', ' dB')}.", ""]
     return lines
+
+
+def _quality_of(lmbda: float | None) -> int | None:
+    """CompressAI quality 1..8 of ``lmbda`` (within 0.1 %), else ``None``."""
+    if lmbda is None:
+        return None
+    for q, lq in enumerate(QUALITY_LMBDAS, 1):
+        if abs(lq - lmbda) <= 1e-3 * lq:
+            return q
+    return None
+
+
+def _paper_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
+    """The poster's Table 1 layout: per architecture, PSNR drop and FLOP reduction of the
+    ``ecg`` set against the ``base`` set at each quality, next to the poster's rows."""
+    qs = range(1, len(QUALITY_LMBDAS) + 1)
+    rows: list[str] = []
+    for (arch, variant), ecg in by_key.items():
+        base = by_key.get((arch, "base"))
+        if variant != "ecg" or base is None:
+            continue
+        drop: dict[int, float | None] = {}
+        flops: dict[int, float | None] = {}
+        sparsity: dict[int, float | None] = {}
+        for b, p in _match(base, ecg):
+            q = _quality_of(p["lmbda"])
+            if q is None:
+                continue
+            drop[q] = ((b["psnr_db"] - p["psnr_db"]) / b["psnr_db"] * 100
+                       if b.get("psnr_db") and p.get("psnr_db") else None)
+            tot_b = (b.get("encoder_flops") or 0) + (b.get("decoder_flops") or 0)
+            tot_p = (p.get("encoder_flops") or 0) + (p.get("decoder_flops") or 0)
+            flops[q] = _ratio(tot_b, tot_p)
+            sparsity[q] = p.get("sparsity_mean")
+        poster = POSTER_TABLE.get(arch)
+
+        def row(what: str, values, fmt: str, arch: str = arch) -> str:
+            return f"| {arch} | {what} | " + " | ".join(_f(values.get(q), fmt) for q in qs) + " |"
+
+        if poster:
+            rows.append(row("PSNR drop % (poster)", dict(zip(qs, poster["psnr_drop"])), ".3g"))
+        rows.append(row(f"PSNR drop % ({ecg['label']})", drop, ".2f"))
+        if poster:
+            rows.append(row("FLOP reduction × (poster)",
+                            dict(zip(qs, poster["flop_reduction"])), ".2f"))
+        rows.append(row(f"FLOP reduction × ({ecg['label']})", flops, ".2f"))
+        rows.append(row(f"sparsity ({ecg['label']})", sparsity, ".3f"))
+    if not rows:
+        return []
+    return ["## The paper's table: ECG against the dense fixed-rate models", "",
+            "PSNR drop % = (PSNR base − PSNR ecg) / PSNR base at the same λ; FLOP reduction = "
+            "FLOPs of base / FLOPs of ecg (encoder + decoder, as executed). Poster rows: "
+            "Yin et al., ICASSP 2022.", "",
+            "| model | figure | " + " | ".join(f"q{q}" for q in qs) + " |",
+            "|---|---|" + "---|" * len(qs), *rows, ""]
 
 
 def _variable_rate_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
@@ -286,11 +363,12 @@ def make_tables(results: Sequence[dict], anchor: str | None = None,
         if k is None:
             continue
         if k in by_key:
-            notes.append(f"- {r['label']}: a second {k[0]}-{k[1]} curve; sections 2–3 use "
+            notes.append(f"- {r['label']}: a second {k[0]}-{k[1]} curve; sections 2–4 use "
                          f"{by_key[k]['label']}.")
             continue
         by_key[k] = r
     lines = _curves_section(results, anchor_result)
+    lines += _paper_section(by_key)
     lines += _gating_section(by_key)
     lines += _variable_rate_section(by_key)
     lines += _continuity_section(results)
