@@ -5,7 +5,8 @@ Four measurements, each printing JSON (``-o`` writes it too)::
     # how far h_s's scales move between kernel sets (same ẑ), and unguarded index flips
     python benchmarks/portability.py noise --names kodim01 kodim05 kodim13 --qualities 1 4
 
-    # the guard's rate: guard-stream bytes / file bytes, every image × quality
+    # the guard's rate: guard-stream bytes / file bytes, every image × quality, as
+    # written (format 4: hash or positions mode) and in positions mode (formats 2-3)
     python benchmarks/portability.py rate --images ../shared/data/kodak --qualities 1 2 3 4 5 6 7 8
 
     # decode time with and without the guard (same file, alternating, median)
@@ -76,27 +77,74 @@ def _emit(obj, out: str | None) -> None:
 
 # ---------------------------------------------------------------------- rate
 def cmd_rate(a: argparse.Namespace) -> None:
+    """Guard bytes of every image × quality as written (format version 4: the shorter
+    of hash and positions mode) and what positions mode alone (versions 2-3, before
+    hash mode) would write for the same guarded latents: ``_choose_hash`` is watched
+    for the set G it is given, whose positions-mode stream is then packed (one encode
+    per file instead of two; the y stream of that file differs by the few forced
+    latents outside G, not counted)."""
+    import varicodec.models.codec_model as cm
     from varicodec.codec.api import encode_image
     from varicodec.codec.format import Container
 
     m = _model(a.model)
+    seen: list[np.ndarray] = []
+    choose = cm._choose_hash
+
+    def watched(numbers, dist, margin):
+        seen.append(numbers[dist < margin])
+        return choose(numbers, dist, margin)
+
+    cm._choose_hash = watched
     rows = []
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
+            seen.clear()
             r = encode_image(p, m, quality=q, compute_psnr=False)
             c = Container.unpack(r.data)
             guard = len(c.guard or b"")
-            rows.append({"image": p.stem, "quality": q, "bytes": len(r.data), "guard_bytes": guard,
-                         "guarded_latents_bytes": guard - 4,
-                         "overhead_pct": 100 * (guard + 1) / (len(r.data) - guard - 1)})
-            print(f"{p.stem} q{q}: {len(r.data)} B, guard {guard} B", file=sys.stderr)
+            zh, zw = -(-c.height // 64), -(-c.width // 64)
+            _, named = cm._unpack_guard(c.guard or bytes(4), m._latents_per_item((zh, zw)))
+            hashed = isinstance(named, cm._HashSet)
+            old_guard = 4 + (len(cm._positions_tail(seen[0])) if seen else 0)
+            assert len(seen) <= 1 and (hashed or old_guard == guard)
+            rest = len(r.data) - guard - 1
+            rows.append({
+                "image": p.stem, "quality": q, "bytes": len(r.data), "guard_bytes": guard,
+                "guarded_latents": len(seen[0]) if seen else 0,
+                "mode": "hash" if hashed else "positions",
+                "hash_bits": named.bits if hashed else None,
+                "hashes": len(named.values) if hashed else None,
+                "overhead_pct": 100 * (guard + 1) / rest,
+                "positions_guard_bytes": old_guard,
+                "positions_overhead_pct": 100 * (old_guard + 1) / rest,
+            })
+            print(f"{p.stem} q{q}: {len(r.data)} B, guard {guard} B "
+                  f"({'hash' if hashed else 'positions'}; positions mode {old_guard} B)",
+                  file=sys.stderr)
+    cm._choose_hash = choose
     per_q = {}
     for q in a.qualities:
-        ov = [r["overhead_pct"] for r in rows if r["quality"] == q]
-        per_q[str(q)] = {"mean_pct": float(np.mean(ov)), "max_pct": float(np.max(ov)),
-                         "mean_bytes": float(np.mean([r["bytes"] for r in rows
-                                                      if r["quality"] == q]))}
-    _emit({"model": m.name, "margin": _margin(), "per_quality": per_q, "rows": rows}, a.output)
+        sel = [r for r in rows if r["quality"] == q]
+        per_q[str(q)] = {
+            "mean_pct": float(np.mean([r["overhead_pct"] for r in sel])),
+            "max_pct": float(np.max([r["overhead_pct"] for r in sel])),
+            "mean_bytes": float(np.mean([r["bytes"] for r in sel])),
+            "mean_guard_bytes": float(np.mean([r["guard_bytes"] for r in sel])),
+            "hash_mode_files": sum(r["mode"] == "hash" for r in sel),
+            "positions_mean_pct": float(np.mean([r["positions_overhead_pct"] for r in sel])),
+            "positions_max_pct": float(np.max([r["positions_overhead_pct"] for r in sel])),
+            "positions_mean_guard_bytes": float(np.mean([r["positions_guard_bytes"]
+                                                         for r in sel])),
+        }
+    _emit({"model": m.name, "fingerprint": _fingerprint(m), "margin": _margin(),
+           "per_quality": per_q, "rows": rows}, a.output)
+
+
+def _fingerprint(m) -> str:
+    from varicodec.models import weights_fingerprint
+
+    return weights_fingerprint(m).hex()
 
 
 def _margin() -> float:
@@ -109,7 +157,7 @@ def _margin() -> float:
 def cmd_time(a: argparse.Namespace) -> None:
     from varicodec.codec.api import _guarded, _z_shape, encode_image
     from varicodec.codec.format import Container
-    from varicodec.models.codec_model import _IndexGuard, _unpack_guard
+    from varicodec.models.codec_model import _hash_forced, _HashSet, _IndexGuard, _unpack_guard
 
     torch.set_num_threads(a.threads)
     m = _model(a.model)
@@ -136,15 +184,21 @@ def cmd_time(a: argparse.Namespace) -> None:
                         m.decompress(strings, (zh, zw), c.lmbda_code)
                         times[key].append(time.perf_counter() - t0)
             g, n = float(np.median(times["guard"])), float(np.median(times["none"]))
-            # the guard's own decoder work, alone: parse the stream, CRC the symbols
+            # the guard's own decoder work, alone: parse the stream, CRC the symbols and,
+            # in hash mode, the nearest boundary of every scale and the hash rule
             per_item = m._latents_per_item((zh, zw))
+            gc = m.net.gaussian_conditional
+            scales = torch.exp(torch.empty(per_item).uniform_(-2.2, 5.5))
             t0 = time.perf_counter()
-            _unpack_guard(c.guard, per_item)
-            ig = _IndexGuard(m.net.gaussian_conditional)
+            _, named = _unpack_guard(c.guard, per_item)
+            if isinstance(named, _HashSet):
+                _hash_forced(scales, gc.scale_table[:-1], 0, named)
+            ig = _IndexGuard(gc)
             ig.symbols = [torch.zeros(per_item, dtype=torch.int32)]
             ig.checks(1)
             work = time.perf_counter() - t0
             rows.append({"image": p.stem, "quality": q, "guard_s": g, "none_s": n,
+                         "guard_mode": "hash" if isinstance(named, _HashSet) else "positions",
                          "overhead_pct": 100 * (g / n - 1), "guard_work_s": work,
                          "guard_work_pct": 100 * work / n})
             print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
@@ -187,7 +241,7 @@ def cmd_worker(a: argparse.Namespace) -> None:
                 if tag == "u" and (threads, sparse, cl) != LOCAL[-1] and not a.quick:
                     continue  # unguarded files: one decoder configuration is enough
                 row = {"file": f.name, "decoder": a.name, "threads": threads,
-                       "sparse": sparse, "channels_last": cl}
+                       "sparse": sparse, "channels_last": cl, **_file_guard(m, f)}
                 try:
                     with torch.inference_mode():
                         image, _ = decode_image(f.read_bytes(), m)
@@ -200,6 +254,22 @@ def cmd_worker(a: argparse.Namespace) -> None:
                     row["status"] = "desync detected"
                 results.append(row)
     (work / f"result.{a.name}.json").write_text(json.dumps(results))
+
+
+def _file_guard(m, f: Path) -> dict:
+    """A file's format version and how its guard stream names the guarded latents."""
+    from varicodec.codec.format import Container
+    from varicodec.models.codec_model import _HashSet, _unpack_guard
+
+    data = f.read_bytes()
+    c = Container.unpack(data)
+    if c.guard is None or len(c.guard) == 4:
+        mode = "none" if c.guard is None else "check only"
+    else:
+        zh, zw = -(-c.height // 64), -(-c.width // 64)
+        _, named = _unpack_guard(c.guard, m._latents_per_item((zh, zw)))
+        mode = "hash" if isinstance(named, _HashSet) else "positions"
+    return {"version": data[3], "guard_mode": mode}
 
 
 def _encode(encode_image, m, p, q, kw) -> bytes:
@@ -260,6 +330,10 @@ def cmd_matrix(a: argparse.Namespace) -> None:
     guarded = [r for r in rows if r["file"].split(".")[1] == "g"]
     unguarded = [r for r in rows if r["file"].split(".")[1] == "u"]
     summary = {
+        "format_versions": sorted({r["version"] for r in rows}),
+        "guarded_files_in_hash_mode": len({(r["file"]) for r in guarded
+                                          if r["guard_mode"] == "hash"}),
+        "guarded_files": len({r["file"] for r in guarded}),
         "guarded_decodes": len(guarded),
         "guarded_desyncs": sum(r["status"] != "ok" for r in guarded),
         "guarded_max_pixel_diff": max((r.get("max_diff", 0) for r in guarded), default=None),
