@@ -20,17 +20,28 @@ depend on the weights), and measures
    networks stay dense). From that share: the largest FLOP reduction any sparsity ``s``
    of the gated inputs can give, ``total / (total − s · gateable)``;
 3. the forward FLOPs of one 256² training crop per width, the relative cost of a
-   training step used to scale the measured H100 speed to the other architectures.
+   training step used to scale the measured H100 speed to the other architectures;
+4. from those, an **estimate** of the H100 time of each architecture's grid as
+   ``scripts/paper_grid.sh`` runs it (its configs' steps, at the GPU batch of 32 256² crops):
+   28.6 steps/s measured for hyperprior-bm N=128/M=192 (../shared/SPEC.md, "Compute
+   reality"), scaled by the training FLOPs of each width, × 17.2/28.6 for gated models
+   (hyperprior-ecgbm in the same loop, ../shared/weights/README.md), plus 45 s of start-up
+   per job (configs/gpu/queue.yaml's default); also with every step count × 10 and × 100.
 
 Run (about 2 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/paper_counts.py --json docs/results/paper/counts.json
+    # only item 4 again, from the measured counts:
+    .venv/bin/python benchmarks/paper_counts.py --from-json docs/results/paper/counts.json \
+        --json docs/results/paper/counts.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +52,9 @@ from torch import nn
 
 from varicodec.eval.flops import count_flops
 from varicodec.imageio import load_rgb, pad_to_multiple, to_tensor
-from varicodec.models import ARCHITECTURES, create_model, save_model
+from varicodec.models import ARCHITECTURES, create_model, parse_name, save_model
 from varicodec.quality import QUALITY_LMBDAS
+from varicodec.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -53,6 +65,11 @@ POSTER_SAVING = {"hyperprior": 80.42, "mean": 82.04, "joint": 83.07}
 #: issue 12's text gives mean-scale CompressAI's hyperprior widths (N=128/M=192 at q1-5);
 #: CompressAI's own table (and our registry) has them at q1-4. Both are counted.
 ISSUE_WIDTHS = {"mean": ((128, 192),) * 5 + ((192, 320),) * 3}
+#: H100, batch 32 of 256² crops: hyperprior-bm N=128/M=192 (SPEC "Compute reality"), and the
+#: ratio of hyperprior-ecgbm to it in the same unchanged loop (../shared/weights/README.md)
+H100_STEPS_PER_S = 28.6
+H100_GATED_FACTOR = 17.2 / 28.6
+JOB_OVERHEAD_S = 45.0
 
 
 def _numel(module: nn.Module | None) -> int:
@@ -163,7 +180,50 @@ def savings(arch: str, fixed: list[dict], universal: dict) -> dict:
         "ours_state_elements_with_tables": pct("state_elements", "state_elements"),
         "ours_fp16_bytes": pct("fp16_bytes", "fp16_bytes"),
         "poster": POSTER_SAVING[arch],
+        # the universal model's size that the poster's figure implies, if its eight fixed
+        # models are CompressAI's parameter counts at these widths, and its excess over
+        # the plain CompressAI network at N=192/M=320
+        "poster_implied_universal_parameters": (implied := (1 - POSTER_SAVING[arch] / 100)
+                                                * sum(f["compressai_net"] for f in fixed)),
+        "poster_implied_extra_parameters": implied - universal["compressai_net"],
     }
+
+
+def grid_models(arch: str) -> list[Path]:
+    """The configs ``scripts/paper_grid.sh`` trains for ``arch`` (its default stages, and
+    for hyperprior its pre-training too), read from the script's dry run."""
+    stages = ["pre", "bm", "base", "ecg", "extra", "ecgbm"]
+    if arch == "hyperprior":
+        stages.append("ablation")
+    env = {**os.environ, "ARCH": arch, "DRY_RUN": "1"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), *stages], env=env,
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [ROOT / line.split(" -> ")[0] for line in out.splitlines()]
+
+
+def grid_time(arch: str, train_flops: dict[str, dict[str, int]]) -> dict:
+    """Estimated H100 time of ``arch``'s grid (item 4 of the module docstring)."""
+    ref = train_flops["hyperprior"]["128x192"]
+    jobs, seconds, steps = [], 0.0, 0
+    for path in grid_models(arch):
+        cfg = load_config(path)
+        gated = parse_name(cfg.model)[1] in ("ecg", "ecgbm")
+        width = f"{cfg.N}x{cfg.M}"
+        rate = H100_STEPS_PER_S * ref / train_flops[arch][width]
+        rate *= H100_GATED_FACTOR if gated else 1.0
+        jobs.append({"config": str(path.relative_to(ROOT)), "steps": cfg.steps,
+                     "width": width, "steps_per_s": rate})
+        seconds += cfg.steps / rate
+        steps += cfg.steps
+    overhead = JOB_OVERHEAD_S * len(jobs)
+    return {"jobs": jobs, "models": len(jobs), "steps": steps,
+            "minutes": {f"x{k}": (k * seconds + overhead) / 60 for k in (1, 10, 100)},
+            "training_minutes_x1": seconds / 60, "overhead_minutes": overhead / 60,
+            "assumptions": {"steps_per_s_hyperprior_128x192": H100_STEPS_PER_S,
+                            "gated_factor": H100_GATED_FACTOR,
+                            "job_overhead_s": JOB_OVERHEAD_S,
+                            "batch": "32 crops of 256² (TRAIN_ARGS='--set batch_size=32 "
+                                     "--set crop=256')"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default=",".join(ARCHS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="take the measured counts from this file; only redo the estimate")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        return finish(report, args.json)
     if not args.image.is_file():
         print(f"no image {args.image}: the FLOP count needs a Kodak image "
               "(../shared/data/kodak)", file=sys.stderr)
@@ -220,10 +285,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"gateable {d['gateable_share'] * 100:.1f} %, ceiling at s=0.5 "
                   f"{d['ceiling']['0.5']:.2f}x, train fwd 256² "
                   f"{a['train_forward_flops_256'][k] / 1e9:.2f} G")
+    return finish(report, args.json)
+
+
+def finish(report: dict, path: Path | None) -> int:
+    """Add the H100 estimate of each grid (when hyperprior was measured), print, write."""
+    archs = report["architectures"]
+    if "hyperprior" in archs:
+        flops = {a: v["train_forward_flops_256"] for a, v in archs.items()}
+        for arch, a in archs.items():
+            a["grid_h100_estimate"] = g = grid_time(arch, flops)
+            print(f"{arch} grid: {g['models']} models, {g['steps']} steps, H100 estimate "
+                  + ", ".join(f"{k} {v:.0f} min" for k, v in g["minutes"].items()))
     text = json.dumps(report, indent=1) + "\n"
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return 0
 
 
