@@ -35,7 +35,7 @@ _REPO = Path(__file__).resolve().parents[2]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def retain_freed_memory(limit: int = 1 << 30) -> bool:
+def retain_freed_memory(limit: int = 96 << 20) -> bool:
     """Ask the C library's ``malloc`` to keep freed blocks of up to ``limit`` bytes for
     reuse instead of handing them back to the system.
 
@@ -43,10 +43,13 @@ def retain_freed_memory(limit: int = 1 << 30) -> bool:
     them when freed, and returns the top of its heap once enough of it is free, so
     each activation of a transform on a Kodak-sized image (up to 75 MB) costs page
     faults on first touch, every call: a fifth of the joint model's decode on this
-    project's CPU (docs/results/joint-speed.md). With this set, freed activations are
-    reused. Peak memory stays that of the largest step; what is freed is kept by the
-    process until it ends, so it suits one-shot commands and the benchmarks, which
-    call it; the library itself never changes the process's allocator.
+    project's CPU (docs/results/joint-speed.md). With this set, freed blocks up to
+    ``limit`` are reused. The default, 96 MiB, covers every activation of a Kodak-sized
+    image (the largest, 192 × 384 × 256 floats, is 72 MiB); larger blocks (the tiles
+    of a big image) are still mapped and unmapped, so tiled coding keeps its bounded
+    peak memory (docs/results/startup.md). What is freed is kept by the process until
+    it ends, so it suits one-shot commands and the benchmarks, which call it; the
+    library itself never changes the process's allocator.
 
     Returns whether the setting took (``False`` off glibc, e.g. musl or macOS).
     """
