@@ -2,10 +2,17 @@
 
 import os
 import stat
+import sys
 
 import pytest
 
-from varicodec.util import atomic_write, git_commit, is_image_name, list_images
+from varicodec.util import (
+    atomic_write,
+    git_commit,
+    is_image_name,
+    list_images,
+    retain_freed_memory,
+)
 
 
 def test_atomic_write_gives_the_umask_mode(tmp_path):
@@ -56,3 +63,13 @@ def test_git_commit_is_a_hash_or_none():
     assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
     short = git_commit(short=True)
     assert short is None or commit.startswith(short)
+
+
+def test_retain_freed_memory_takes_on_glibc():
+    import platform
+
+    took = retain_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert took is True
+    else:
+        assert took is False
