@@ -157,7 +157,15 @@ def _margin() -> float:
 def cmd_time(a: argparse.Namespace) -> None:
     from varicodec.codec.api import _guarded, _z_shape, encode_image
     from varicodec.codec.format import Container
-    from varicodec.models.codec_model import _hash_forced, _HashSet, _IndexGuard, _unpack_guard
+    from varicodec.models.codec_model import (
+        HASH_THRESHOLD,
+        _hash_rule,
+        _HashSet,
+        _IndexGuard,
+        _near_boundaries,
+        _scale_indexes,
+        _unpack_guard,
+    )
 
     torch.set_num_threads(a.threads)
     m = _model(a.model)
@@ -189,10 +197,12 @@ def cmd_time(a: argparse.Namespace) -> None:
             per_item = m._latents_per_item((zh, zw))
             gc = m.net.gaussian_conditional
             scales = torch.exp(torch.empty(per_item).uniform_(-2.2, 5.5))
+            idx = _scale_indexes(gc, scales)  # build_indexes: the decoder's work anyway
             t0 = time.perf_counter()
             _, named = _unpack_guard(c.guard, per_item)
             if isinstance(named, _HashSet):
-                _hash_forced(scales, gc.scale_table[:-1], 0, named)
+                pos, _, dist = _near_boundaries(gc, scales, idx, HASH_THRESHOLD)
+                _hash_rule(pos.numpy(), dist.numpy(), named)
             ig = _IndexGuard(gc)
             ig.symbols = [torch.zeros(per_item, dtype=torch.int32)]
             ig.checks(1)

@@ -24,9 +24,10 @@ from varicodec.models.codec_model import (
     INDEX_MARGIN,
     _choose_hash,
     _guard_hash,
-    _hash_forced,
+    _hash_rule,
     _HashSet,
     _IndexGuard,
+    _near_boundaries,
     _nearest_boundary,
     _pack_guard,
     _scale_indexes,
@@ -285,12 +286,34 @@ def test_hash_selection_avoids_the_danger_band_and_survives_noise():
         noise = torch.from_numpy(np.random.default_rng(seed).uniform(-3e-6, 3e-6, len(rel)))
         noisy = (scales.double() * (1 + noise)).float()
         got = _scale_indexes(gc, noisy).view(-1).clone()
-        dsel, dk = _hash_forced(noisy, table, 0, hashed)
-        assert set(dsel.tolist()) == forced
-        got[dsel] = (dk + 1).int()
+        pos, dk, dd = _near_boundaries(gc, noisy, got, HASH_THRESHOLD)
+        rule = torch.from_numpy(_hash_rule(pos.numpy(), dd.numpy(), hashed))
+        assert set(pos[rule].tolist()) == forced
+        got[pos[rule]] = (dk[rule] + 1).int()
         assert torch.equal(got, want)
     # and without the forcing, that noise does flip indexes (the test can fail)
     assert not torch.equal(_scale_indexes(gc, noisy).view(-1), want)
+
+
+def test_near_boundaries_is_the_exact_distance_on_a_preselection():
+    from compressai.entropy_models import GaussianConditional
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(torch.exp(torch.linspace(np.log(0.11), np.log(256), 64)))
+    table = gc.scale_table[:-1]
+    rng = np.random.default_rng(5)
+    near = _scales_at(table, rng.uniform(-4e-5, 4e-5, 3000), rng)
+    ends = torch.tensor([0.11, 0.11 * (1 - 1e-5), 0.05, -1.0, 0.0, float("nan"),
+                         float("inf"), float(table[-1]) * (1 + 1e-5), 400.0], dtype=torch.float64)
+    far = torch.exp(torch.from_numpy(rng.uniform(np.log(0.01), np.log(400), 19991)))
+    scales = torch.cat([near, ends, far]).float().view(2, -1)
+    idx = _scale_indexes(gc, scales)
+    for within in (1e-5, 3e-5):
+        pos, k, dist = _near_boundaries(gc, scales, idx, within)
+        wk, wd = _nearest_boundary(scales, table)
+        want = (wd < within).nonzero().squeeze(1)
+        assert len(want) > 500 and torch.equal(pos, want)
+        assert torch.equal(k, wk[want]) and torch.equal(dist, wd[want])
 
 
 def test_hash_selection_gives_up_when_the_margin_leaves_no_threshold():
