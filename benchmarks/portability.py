@@ -109,7 +109,14 @@ def cmd_rate(a: argparse.Namespace) -> None:
             old_guard = 4 + (len(cm._positions_tail(seen[0])) if seen else 0)
             assert len(seen) <= 1 and (hashed or old_guard == guard)
             rest = len(r.data) - guard - 1
+            extra = {}
+            if a.positions_encode:  # the whole file in positions mode: y stream too
+                old = Container.unpack(_encode(encode_image, m, p, q,
+                                               {"guard_mode": "positions"}))
+                extra = {"positions_file_y_bytes": len(old.y), "y_bytes": len(c.y),
+                         "positions_file_guard_bytes": len(old.guard or b"")}
             rows.append({
+                **extra,
                 "image": p.stem, "quality": q, "bytes": len(r.data), "guard_bytes": guard,
                 "guarded_latents": len(seen[0]) if seen else 0,
                 "mode": "hash" if hashed else "positions",
@@ -427,6 +434,9 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(func={"rate": cmd_rate, "time": cmd_time, "matrix": cmd_matrix,
                              "worker": cmd_worker, "noise": cmd_noise,
                              "noise-worker": cmd_noise_worker}[name])
+        if name == "rate":
+            p.add_argument("--positions-encode", action="store_true",
+                           help="also encode each file in positions mode (y stream sizes)")
         if name == "time":
             p.add_argument("--threads", type=int, default=2)
             p.add_argument("--repeats", type=int, default=3)

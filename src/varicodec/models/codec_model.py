@@ -879,7 +879,7 @@ def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray | _Hash
         raise ValueError("guard stream: bad Rice parameter")
     values = _rice_values(stream, pos + 2, n, stream[pos + 1], 1 << bits,
                           "guard stream: hash value out of range")
-    return check, _HashSet(bits, seed, values)
+    return check, _HashSet(bits, seed, values.astype(np.uint64))
 
 
 def _rice_values(stream: bytes, start: int, n: int, r: int, limit: int,
