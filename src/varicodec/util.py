@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "atomic_write", "git", "git_commit", "git_dirty",
-           "is_image_name", "list_images", "retain_freed_memory"]
+           "is_image_name", "list_images", "retain_freed_memory", "trim_freed_memory"]
 
 #: file name extensions read as images by the codec, training and evaluation
 #: (lower case; Pillow reads them all)
@@ -64,6 +64,25 @@ def retain_freed_memory(limit: int = 96 << 20) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
+
+
+def trim_freed_memory() -> bool:
+    """Hand the free memory ``malloc`` keeps back to the system (glibc's
+    ``malloc_trim``); ``False`` where there is no such call. Tiled coding calls it
+    after each tile, so that :func:`retain_freed_memory` does not carry one tile's
+    freed activations into the next and the peak stays one tile's."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    malloc_trim(0)
+    return True
 
 
 # ------------------------------------------------------------------ writing

@@ -35,6 +35,7 @@ from ..metrics import psnr_db
 from ..models import VaricodecModel
 from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda
+from ..util import trim_freed_memory
 from .format import FORMAT_VERSION, Container
 from .header import info
 from .pretrained import ModelSpec, fingerprint, resolve_model
@@ -314,8 +315,10 @@ class _TiledCoder:
 
     def code(self, lmbda: float | None = None, code: int | None = None) -> TiledFile:
         # one tile's tensors at a time: that is the point of tiling
-        tiles = [_Coder(self.model, _crop(self.src, t.coded)).code(lmbda, code).pack()
-                 for t in self.grid]
+        tiles = []
+        for t in self.grid:
+            tiles.append(_Coder(self.model, _crop(self.src, t.coded)).code(lmbda, code).pack())
+            trim_freed_memory()
         m = self.model
         return TiledFile(version=FORMAT_VERSION, model_name=m.name, fingerprint=fingerprint(m),
                          width=self.src.width, height=self.src.height, gray=self.src.gray,
@@ -339,6 +342,7 @@ class _TiledCoder:
             reference = _core(t, self.src.pixels()[t.coded[0]:t.coded[1], t.coded[2]:t.coded[3]])
             db = psnr_db(reference, decoded)
             sse += 0.0 if math.isinf(db) else reference.size * 255.0**2 / 10 ** (db / 10)
+            trim_freed_memory()
         mse = sse / self.src.pixels().size
         return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
@@ -428,6 +432,7 @@ def _decode_tiled(f: TiledFile, model: ModelSpec,
             _check_padded(m, c, max_pixels)
             cy0, cy1, cx0, cx1 = t.core
             rgb[cy0:cy1, cx0:cx1] = _core(t, _reconstruct(m, c))
+            trim_freed_memory()
             if alpha is not None:
                 alpha[cy0:cy1, cx0:cx1] = _core(t, _unpack_alpha(c.alpha, c.width, c.height))
     return to_pil(rgb, gray=f.gray, alpha=alpha), f
