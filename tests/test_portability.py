@@ -359,3 +359,43 @@ def test_sequential_joint_order_keeps_positions_mode(image):
     finally:
         for h in hooks:
             h.remove()
+
+
+def test_damaged_hash_guards_end_in_clean_errors(image):
+    """Random damage to a hash-mode guard stream: a ``ValueError`` from the parser,
+    a ``DesyncError`` from the symbol check, or (damage that leaves the forced set as
+    it was) the same latent; never another exception or a different latent."""
+    model = tiny("hyperprior-ecgbm").eval()
+    model.update()
+    hooks = _snap_to_boundaries(model)
+    try:
+        out = model.compress(image, lmbda=0.02, guard_mode="hash")
+        guard = out["strings"][-1][0]
+        assert isinstance(_unpack_guard(guard, 10**9)[1], _HashSet)
+        ref = model.decompress(out["strings"], out["shape"], out["lmbda_code"])["y_hat"]
+        rng = np.random.default_rng(0)
+        outcomes = {"ValueError": 0, "DesyncError": 0, "same": 0}
+        for _ in range(150):
+            data = bytearray(guard)
+            kind = rng.integers(3)
+            at = int(rng.integers(4, len(data)))  # the check itself is covered elsewhere
+            if kind == 0:
+                data[at] ^= 1 << int(rng.integers(8))
+            elif kind == 1:
+                del data[at:]
+            else:
+                data[at:at] = rng.bytes(int(rng.integers(1, 4)))
+            strings = out["strings"][:-1] + [[bytes(data)]]
+            try:
+                y = model.decompress(strings, out["shape"], out["lmbda_code"])["y_hat"]
+            except DesyncError:
+                outcomes["DesyncError"] += 1
+            except ValueError:
+                outcomes["ValueError"] += 1
+            else:
+                assert torch.equal(y, ref)
+                outcomes["same"] += 1
+        assert outcomes["ValueError"] > 20 and outcomes["DesyncError"] > 10
+    finally:
+        for h in hooks:
+            h.remove()
