@@ -399,3 +399,29 @@ def test_damaged_hash_guards_end_in_clean_errors(image):
     finally:
         for h in hooks:
             h.remove()
+
+
+@pytest.mark.parametrize("name", ["hyperprior-ecgbm", "joint-base"])
+def test_hash_mode_per_batch_element(name, image):
+    """Two images in one batch: each element gets its own hash-mode guard (the
+    hyperprior shows the guard both in one call, the wavefront coder one at a time),
+    and a perturbed decoder keeps both elements' symbols."""
+    model = tiny(name).eval()
+    model.update()
+    lm = 0.02 if model.variable_rate else None
+    x = torch.cat([image, image.flip(-1)])
+    hooks = _snap_to_boundaries(model)
+    try:
+        out = model.compress(x, lmbda=lm, guard_mode="hash")
+        per_item = model._latents_per_item(out["shape"])
+        sets = [_unpack_guard(g, per_item)[1] for g in out["strings"][-1]]
+        assert all(isinstance(h, _HashSet) for h in sets)
+        ref = model.decompress(out["strings"], out["shape"], out["lmbda_code"])["y_hat"]
+        one = model.compress(x[1:], lmbda=lm, guard_mode="hash")
+        assert one["strings"][-1][0] == out["strings"][-1][1]  # the same as coded alone
+        hooks += _perturb(model)
+        got = model.decompress(out["strings"], out["shape"], out["lmbda_code"])["y_hat"]
+        assert torch.allclose(got, ref, atol=1e-3)
+    finally:
+        for h in hooks:
+            h.remove()
