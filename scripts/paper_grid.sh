@@ -12,6 +12,7 @@
 #   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
 #               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
 #   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
+#   QUALITIES   the qualities of the per-quality stages (default "1 2 3 4 5 6 7 8")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARICODEC=${VARICODEC:-varicodec}
@@ -31,7 +32,7 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
   "$VARICODEC" export "runs/$name" --out "$OUT/$2.safetensors"
 }
 
-QS=(1 2 3 4 5 6 7 8)
+read -r -a QS <<<"${QUALITIES:-1 2 3 4 5 6 7 8}"
 case $ARCH in
   hyperprior) defaults=(bm base ecg extra ecgbm ablation) ;;
   mean) defaults=(pre bm base ecg extra ecgbm); widths=(128x192 192x320) ;;

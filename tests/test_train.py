@@ -60,6 +60,18 @@ def test_train_resume_export(tmp_path, data_dir, capsys):
     assert model.decompress(c["strings"], c["shape"], c["lmbda_code"])["x_hat"].shape == x.shape
 
 
+def test_train_process_exits_with_loader_workers(tmp_path, data_dir):
+    """A finished run's process exits: its DataLoader workers (which ignore SIGTERM) are
+    stopped by train(), not left to multiprocessing's exit handler, which SIGTERMs and then
+    joins them forever (the process hung after "finished at step N")."""
+    recipe = _recipe(tmp_path, data_dir, steps=1, workers=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "varicodec", "train", "--config", str(recipe)],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "finished at step 1" in r.stderr
+
+
 def test_resume_continues_identically(tmp_path, data_dir):
     """3 + 3 steps with a stop in between equal 6 steps straight."""
     a = _recipe(tmp_path, data_dir, steps=6, name="straight", val_every=100)

@@ -414,8 +414,25 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
     def _on_signal(signum, frame):  # finish the step, checkpoint, exit
         run.stop = True
 
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    try:
+        _train_steps(run, max_minutes)
+    finally:
+        # The handlers hold `run`, hence the batch generator and its DataLoader workers:
+        # left installed, they keep the workers alive until interpreter exit, where
+        # multiprocessing SIGTERMs its daemon children (the workers ignore it) and then
+        # joins them forever. Restore them and stop the workers here.
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        run.batches.close()
+    return run.run_dir
+
+
+def _train_steps(run: _Run, max_minutes: float | None) -> None:
+    """The loop of :func:`train`: steps, logs, validation, checkpoints, then ``_finish``."""
+    cfg = run.cfg
 
     if run.main_proc and not run.log_path.exists():
         with run.log_path.open("w", newline="") as f:
@@ -442,7 +459,6 @@ def train(cfg: TrainConfig, resume: bool = False, init: str | None = None,
             _checkpoint(run)
             last_ckpt = time.time()
     _finish(run, bar)
-    return run.run_dir
 
 
 def _progress_bar(cfg: TrainConfig, step: int, enabled: bool):
