@@ -194,7 +194,7 @@ def grid_models(arch: str) -> list[Path]:
     for hyperprior its pre-training too), read from the script's dry run."""
     stages = ["pre", "bm", "base", "ecg", "extra", "ecgbm"]
     if arch == "hyperprior":
-        stages.append("ablation")
+        stages.append("ablation")  # issue 7's grid; "hyperprior-paper" is issue 12's
     env = {**os.environ, "ARCH": arch, "DRY_RUN": "1"}
     out = subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), *stages], env=env,
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -207,9 +207,10 @@ def grid_time(arch: str, train_flops: dict[str, dict[str, int]]) -> dict:
     jobs, seconds, steps = [], 0.0, 0
     for path in grid_models(arch):
         cfg = load_config(path)
-        gated = parse_name(cfg.model)[1] in ("ecg", "ecgbm")
+        registry_arch, variant = parse_name(cfg.model)
+        gated = variant in ("ecg", "ecgbm")
         width = f"{cfg.N}x{cfg.M}"
-        rate = H100_STEPS_PER_S * ref / train_flops[arch][width]
+        rate = H100_STEPS_PER_S * ref / train_flops[registry_arch][width]
         rate *= H100_GATED_FACTOR if gated else 1.0
         jobs.append({"config": str(path.relative_to(ROOT)), "steps": cfg.steps,
                      "width": width, "steps_per_s": rate})
@@ -297,6 +298,10 @@ def finish(report: dict, path: Path | None) -> int:
             a["grid_h100_estimate"] = g = grid_time(arch, flops)
             print(f"{arch} grid: {g['models']} models, {g['steps']} steps, H100 estimate "
                   + ", ".join(f"{k} {v:.0f} min" for k, v in g["minutes"].items()))
+            if arch == "hyperprior":  # issue 12's hyperprior grid, at the paper's widths
+                a["grid_h100_estimate_paper_widths"] = g = grid_time("hyperprior-paper", flops)
+                print(f"hyperprior-paper grid: {g['models']} models, {g['steps']} steps, H100 "
+                      "estimate " + ", ".join(f"{k} {v:.0f} min" for k, v in g["minutes"].items()))
     text = json.dumps(report, indent=1) + "\n"
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,13 @@
 # Train (or continue) the paper's grid for one architecture and export every model to
 # checkpoints/paper/ (configs/paper/README.md). Resumable: finished runs are skipped,
 # interrupted ones continue from their checkpoint. Usage:
-#   [ARCH=hyperprior|mean|joint] bash scripts/paper_grid.sh [STAGE...]
+#   [ARCH=hyperprior|hyperprior-paper|mean|joint] bash scripts/paper_grid.sh [STAGE...]
 #   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation)
 # ARCH=hyperprior (the default) is issue 7's grid, N=128/M=192 throughout, unchanged; its
 # default stages are bm base ecg extra ecgbm ablation, and `pre` trains its shared
-# pre-training configs/hyperprior-bm-cpu.yaml. ARCH=mean and ARCH=joint are issue 12's grids
-# at CompressAI's per-quality widths and the universal N=192/M=320; their default stages
-# are pre bm base ecg extra ecgbm. Environment:
+# pre-training configs/hyperprior-bm-cpu.yaml. ARCH=mean, ARCH=joint and ARCH=hyperprior-paper
+# (ScaleHyperprior again) are issue 12's grids at CompressAI's per-quality widths and the
+# universal N=192/M=320; their default stages are pre bm base ecg extra ecgbm. Environment:
 #   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
 #               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
 #   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
@@ -35,9 +35,9 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
 read -r -a QS <<<"${QUALITIES:-1 2 3 4 5 6 7 8}"
 case $ARCH in
   hyperprior) defaults=(bm base ecg extra ecgbm ablation) ;;
-  mean) defaults=(pre bm base ecg extra ecgbm); widths=(128x192 192x320) ;;
+  mean | hyperprior-paper) defaults=(pre bm base ecg extra ecgbm); widths=(128x192 192x320) ;;
   joint) defaults=(pre bm base ecg extra ecgbm); widths=(192x192 192x320) ;;
-  *) echo "unknown ARCH $ARCH (hyperprior mean joint)" >&2; exit 2 ;;
+  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper mean joint)" >&2; exit 2 ;;
 esac
 
 stages=("$@")

@@ -59,13 +59,14 @@ def _grid(arch: str, *stages: str) -> list[tuple[Path, str]]:
     return [(ROOT / cfg, Path(export).stem) for cfg, export in rows]
 
 
-@pytest.mark.parametrize("arch", ["mean", "joint"])
+@pytest.mark.parametrize("arch", ["mean", "joint", "hyperprior-paper"])
 def test_paper_grid_has_the_issue_sizes(arch):
     """8 base, 8 ecg, 8 extra at CompressAI's width of each quality, bm and ecgbm at
     N=192/M=320, one pre-training per width; every model starts from one trained earlier in
     the grid; every configs/paper/{arch}-*.yaml is in it."""
     grid = _grid(arch)
-    widths = ARCHITECTURES[arch].widths[:8]
+    registry_arch = arch.removesuffix("-paper")
+    widths = ARCHITECTURES[registry_arch].widths[:8]
     assert len(grid) == 8 * 3 + 2 + len(set(widths))
     assert {p for p, _ in grid} == set(PAPER.glob(f"{arch}-*.yaml"))
     assert len({e for _, e in grid}) == len(grid)
@@ -73,7 +74,7 @@ def test_paper_grid_has_the_issue_sizes(arch):
     for path, export in grid:
         cfg = load_config(path)
         a, variant = parse_name(cfg.model)
-        assert a == arch, path.name
+        assert a == registry_arch, path.name
         stage = path.stem.removeprefix(f"{arch}-")
         if stage.startswith("pre-"):
             assert variant == "bm" and cfg.init is None
