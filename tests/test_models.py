@@ -128,3 +128,30 @@ def test_save_load_roundtrip(tmp_path):
     d = loaded.decompress(c1["strings"], c1["shape"], c1["lmbda_code"])
     d0 = model.decompress(c1["strings"], c1["shape"], c1["lmbda_code"])
     assert torch.equal(d["x_hat"], d0["x_hat"])
+
+
+def test_weights_files_leave_out_the_context_mask(tmp_path):
+    from safetensors import safe_open
+
+    from varicodec import load_model, save_model
+    from varicodec.models import weights_fingerprint
+    from varicodec.models.io import derived_buffers
+
+    model = tiny_model("joint-bm")
+    derived = derived_buffers(model)
+    assert derived == {"net.context_prediction.mask"}
+    path = save_model(model, tmp_path / "j.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert not keys & derived and "net.context_prediction.weight" in keys
+    loaded = load_model(path)
+    assert torch.equal(loaded.state_dict()["net.context_prediction.mask"],
+                       model.state_dict()["net.context_prediction.mask"])
+    assert weights_fingerprint(loaded) == weights_fingerprint(model)
+    # and a training run can start from the file (the strict key check of --init)
+    from varicodec.train.init import load_checked
+
+    fresh = tiny_model("joint-bm")
+    with safe_open(str(path), framework="pt") as f:
+        assert load_checked(fresh, {k: f.get_tensor(k) for k in f.keys()}, "init") == []
+    assert weights_fingerprint(fresh) == weights_fingerprint(model)

@@ -28,8 +28,8 @@ from .registry import bundled_weights, create_model, list_models
 if TYPE_CHECKING:
     from .codec_model import VaricodecModel
 
-__all__ = ["save_model", "load_model", "model_from_state", "read_card", "weights_fingerprint",
-           "weights_path"]
+__all__ = ["derived_buffers", "save_model", "load_model", "model_from_state", "read_card",
+           "weights_fingerprint", "weights_path"]
 
 
 def weights_fingerprint(model: VaricodecModel) -> bytes:
@@ -43,6 +43,18 @@ def weights_fingerprint(model: VaricodecModel) -> bytes:
         h.update(str(t.dtype).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.digest()[:8]
+
+
+def derived_buffers(model) -> set[str]:
+    """State-dict keys that construction fixes and training never changes, so weights
+    files leave them out: the masks of masked (causal) convolutions, CompressAI's
+    ``MaskedConv2d.mask`` (the joint model's context model: 20.5 MB of float32 at
+    M = 320, more than a quarter of an fp16 joint file). Loading takes them from the
+    freshly built model; the fingerprint, computed on the model, is unchanged."""
+    from compressai.layers import MaskedConv2d
+
+    return {f"{name}.mask" if name else "mask" for name, m in model.named_modules()
+            if isinstance(m, MaskedConv2d)}
 
 
 def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None = None,
@@ -65,8 +77,11 @@ def save_model(model: VaricodecModel, path: str | os.PathLike, card: dict | None
     # Only learned parameters go to fp16; buffers (GDN's 2^-36 pedestal, likelihood and
     # scale bounds, CDF tables) keep their dtype: fp16 would flush some of them to zero.
     params = {k for k, _ in model.named_parameters()}
+    derived = derived_buffers(model)
     tensors = {}
     for k, v in model.state_dict().items():
+        if k in derived:
+            continue
         v = v.detach().cpu().contiguous()
         if half and k in params:
             v = v.half()
@@ -91,6 +106,8 @@ def model_from_state(config: dict, state: dict) -> VaricodecModel:
     arguments) and load ``state``, float tensors cast to the model's dtypes (fp16 on disk)."""
     model = create_model(f"{config['arch']}-{config['variant']}", **config)
     own = model.state_dict()
+    # derived buffers absent from the file (derived_buffers) keep the model's own values
+    state = {**{k: own[k] for k in derived_buffers(model) if k not in state}, **state}
     model.load_state_dict({k: (v.to(own[k].dtype) if k in own and own[k].is_floating_point()
                                else v) for k, v in state.items()})
     return model
