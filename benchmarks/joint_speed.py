@@ -5,8 +5,11 @@ both coders, interleaved (sequential, wavefront, wavefront, sequential, ... afte
 warm-up of each), through ``VaricodecModel.compress`` / ``decompress`` (guard stream
 and symbol check included), and reports the median encode and decode seconds, the
 speed-up (sequential / wavefront), the real ``.vcd`` file bytes of each (version 2 =
-sequential order, version 3 = wavefront order; header and CRC included), the PSNR of
-each reconstruction, and the synthesis ``g_s`` and analysis ``g_a`` alone (floors under
+sequential order, version 4 = wavefront order; header and CRC included) and of the y
+stream alone (the part the coding order changes: version 4 files also carry a shorter,
+hash-coded guard stream, issue 14), the PSNR of each reconstruction, and the synthesis
+``g_s`` (NCHW as the sequential decoder runs it, and channels-last as the wavefront
+decoder runs it) and analysis ``g_a`` alone (floors under
 both decoders and both encoders: "ceiling" = sequential seconds / floor, the speed-up
 of a coder whose entropy coding cost nothing)::
 
@@ -106,15 +109,16 @@ def image_tensor(path: Path) -> tuple[np.ndarray, torch.Tensor]:
 
 
 def file_bytes(model, fp: bytes, rgb: np.ndarray, coded: dict, order: str) -> int:
-    """Size of the ``.vcd`` file these streams make (version 2 sequential, 3 wavefront)."""
-    from varicodec.codec.format import Container
+    """Size of the ``.vcd`` file these streams make (version 2 for the sequential order,
+    the current version for the wavefront order: 4, whose guard may be hash-coded)."""
+    from varicodec.codec.format import FORMAT_VERSION, Container
 
     s = coded["strings"]
     return len(Container(
         model_name=model.name, fingerprint=fp, width=rgb.shape[1], height=rgb.shape[0],
         y=s[0][0], z=s[1][0], side=s[2][0] if model.gated else b"",
         lmbda_code=coded["lmbda_code"], guard=s[-1][0],
-        version=2 if order == "sequential" else 3).pack())
+        version=2 if order == "sequential" else FORMAT_VERSION).pack())
 
 
 def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) -> dict:
@@ -124,6 +128,7 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) ->
     lm = _lmbda(model)
     times: dict[str, dict[str, list[float]]] = {o: {"enc": [], "dec": []} for o in ORDERS}
     synth: list[float] = []
+    synth_cl: list[float] = []
     analysis: list[float] = []
     out: dict = {}
     for r in range(repeats):
@@ -138,11 +143,18 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) ->
             times[order]["dec"].append(t2 - t1)
             rec = to_uint8(dec["x_hat"][..., :rgb.shape[0], :rgb.shape[1]])
             out[order] = {"bytes": file_bytes(model, fp, rgb, coded, order),
+                          "y_bytes": len(coded["strings"][0][0]),
                           "psnr_db": round(psnr_db(rgb, rec), 3), "y_hat": dec["y_hat"]}
         with torch.no_grad():
+            # no hooks; NCHW as the sequential decoder runs it, channels-last as ours does
+            y_hat = out["wavefront"]["y_hat"].contiguous()
             t0 = time.perf_counter()
-            torch.nn.Sequential.forward(model.net.g_s, out["wavefront"]["y_hat"])  # no hooks
+            torch.nn.Sequential.forward(model.net.g_s, y_hat)
             synth.append(time.perf_counter() - t0)
+            y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+            t0 = time.perf_counter()
+            torch.nn.Sequential.forward(model.net.g_s, y_hat)
+            synth_cl.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             torch.nn.Sequential.forward(model.net.g_a, x)
             analysis.append(time.perf_counter() - t0)
@@ -150,14 +162,19 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) ->
     for order in ORDERS:
         res[order] = {"encode_s": round(median(times[order]["enc"]), 3),
                       "decode_s": round(median(times[order]["dec"]), 3),
-                      "bytes": out[order]["bytes"], "psnr_db": out[order]["psnr_db"]}
+                      "bytes": out[order]["bytes"], "y_bytes": out[order]["y_bytes"],
+                      "psnr_db": out[order]["psnr_db"]}
     s, w = res["sequential"], res["wavefront"]
     res["decode_speedup"] = round(s["decode_s"] / w["decode_s"], 2)
     res["encode_speedup"] = round(s["encode_s"] / w["encode_s"], 2)
     res["rate_change_pct"] = round(100 * (w["bytes"] - s["bytes"]) / s["bytes"], 4)
+    # the y stream alone: what the coding order changes (the files also differ in their
+    # guard, positions-coded for the sequential loop, hash-coded for wavefront files)
+    res["y_rate_change_pct"] = round(100 * (w["y_bytes"] - s["y_bytes"]) / s["y_bytes"], 4)
     res["y_hat_max_abs_diff"] = float(
         (out["wavefront"]["y_hat"] - out["sequential"]["y_hat"]).abs().max())
     res["g_s_s"] = round(median(synth), 3)
+    res["g_s_channels_last_s"] = round(median(synth_cl), 3)
     res["g_a_s"] = round(median(analysis), 3)
     res["bpp"] = round(8 * w["bytes"] / (rgb.shape[0] * rgb.shape[1]), 4)
     return res
@@ -219,18 +236,21 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (seconds, speed-ups, bytes, PSNR)."""
     out = ["| image | q | threads | enc seq s | enc wf s | enc × | g_a s | enc × ceiling | "
-           "dec seq s | dec wf s | dec × | g_s s | dec × ceiling | bytes seq | bytes wf | "
-           "rate Δ % | PSNR seq / wf |",
-           "|" + "---|" * 17]
+           "dec seq s | dec wf s | dec × | g_s s (CL) | dec × ceiling (CL) | bytes seq | "
+           "bytes wf | rate Δ % | y rate Δ % | PSNR seq / wf |",
+           "|" + "---|" * 18]
     for r in rows:
         s, w = r["sequential"], r["wavefront"]
+        cl = r.get("g_s_channels_last_s", r["g_s_s"])
         out.append(
             f"| {r['image']} | {r['quality']} | {r['threads']} | {s['encode_s']:.2f} | "
             f"{w['encode_s']:.2f} | {r['encode_speedup']:.2f} | {r['g_a_s']:.2f} | "
             f"{s['encode_s'] / r['g_a_s']:.1f} | {s['decode_s']:.2f} | "
-            f"{w['decode_s']:.2f} | {r['decode_speedup']:.2f} | {r['g_s_s']:.2f} | "
-            f"{s['decode_s'] / r['g_s_s']:.1f} | {s['bytes']} | {w['bytes']} | "
-            f"{r['rate_change_pct']:+.4f} | {s['psnr_db']:.2f} / {w['psnr_db']:.2f} |")
+            f"{w['decode_s']:.2f} | {r['decode_speedup']:.2f} | {r['g_s_s']:.2f} "
+            f"({cl:.2f}) | {s['decode_s'] / r['g_s_s']:.1f} ({s['decode_s'] / cl:.1f}) | "
+            f"{s['bytes']} | {w['bytes']} | {r['rate_change_pct']:+.4f} | "
+            f"{r.get('y_rate_change_pct', float('nan')):+.4f} | "
+            f"{s['psnr_db']:.2f} / {w['psnr_db']:.2f} |")
     return "\n".join(out)
 
 
