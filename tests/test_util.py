@@ -12,6 +12,7 @@ from varicodec.util import (
     is_image_name,
     list_images,
     retain_freed_memory,
+    trim_freed_memory,
 )
 
 
@@ -65,11 +66,9 @@ def test_git_commit_is_a_hash_or_none():
     assert short is None or commit.startswith(short)
 
 
-def test_retain_freed_memory_takes_on_glibc():
+def test_retain_and_trim_freed_memory_take_on_glibc():
     import platform
 
-    took = retain_freed_memory()
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert took is True
-    else:
-        assert took is False
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert retain_freed_memory() is glibc
+    assert trim_freed_memory() is glibc

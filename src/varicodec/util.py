@@ -35,6 +35,22 @@ _REPO = Path(__file__).resolve().parents[2]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+def _libc_function(name: str, argtypes: tuple, restype):
+    """The C library function ``name`` with its ctypes signature, or ``None`` off
+    Linux or where the library has no such function (musl, say)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, restype
+    return function
+
+
 def retain_freed_memory(limit: int = 96 << 20) -> bool:
     """Ask the C library's ``malloc`` to keep freed blocks of up to ``limit`` bytes for
     reuse instead of handing them back to the system.
@@ -42,28 +58,23 @@ def retain_freed_memory(limit: int = 96 << 20) -> bool:
     By default glibc maps blocks above a threshold (at most 32 MiB) afresh and unmaps
     them when freed, and returns the top of its heap once enough of it is free, so
     each activation of a transform on a Kodak-sized image (up to 75 MB) costs page
-    faults on first touch, every call: a fifth of the joint model's decode on this
-    project's CPU (docs/results/joint-speed.md). With this set, freed blocks up to
+    faults on first touch, every call (the joint model's ``g_s`` runs about 1.1× faster
+    without them, docs/results/joint-speed.md). With this set, freed blocks up to
     ``limit`` are reused. The default, 96 MiB, covers every activation of a Kodak-sized
-    image (the largest, 192 × 384 × 256 floats, is 72 MiB); larger blocks (the tiles
-    of a big image) are still mapped and unmapped, so tiled coding keeps its bounded
-    peak memory (docs/results/startup.md). What is freed is kept by the process until
-    it ends, so it suits one-shot commands and the benchmarks, which call it; the
-    library itself never changes the process's allocator.
+    image (the largest, 192 × 384 × 256 floats, is 72 MiB); larger blocks are still
+    mapped and unmapped, and tiled coding trims after each tile
+    (:func:`trim_freed_memory`), so its peak stays bounded (docs/results/startup.md).
+    What is freed is kept by the process until it ends, so it suits one-shot commands
+    and the benchmarks, which call it; the library itself never changes the process's
+    allocator.
 
     Returns whether the setting took (``False`` off glibc, e.g. musl or macOS).
     """
     import ctypes
-    import sys
 
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
+    mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    return mallopt is not None and bool(
+        mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
 
 
 def trim_freed_memory() -> bool:
@@ -72,15 +83,10 @@ def trim_freed_memory() -> bool:
     after each tile, so that :func:`retain_freed_memory` does not carry one tile's
     freed activations into the next and the peak stays one tile's."""
     import ctypes
-    import sys
 
-    if not sys.platform.startswith("linux"):
+    malloc_trim = _libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
+    if malloc_trim is None:
         return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
     malloc_trim(0)
     return True
 
