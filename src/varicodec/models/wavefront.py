@@ -134,9 +134,15 @@ class WavefrontCoder:
         return gp[:, :m].contiguous(), gp[:, m:].contiguous()
 
     def _tables(self) -> tuple[list, list, list]:
+        """The coder's CDF tables, lengths and offsets as lists. ``quantized_cdf`` pads
+        every table to the longest (3 000+ entries for the widest scale, 5 for the
+        narrowest), and the rANS binding converts every entry of every table it is
+        handed on every call: each list keeps only its table's ``cdf_length`` entries,
+        all the coder reads (6.2 M entries converted per Kodak decode otherwise)."""
         gc = self.net.gaussian_conditional
-        return (gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(),
-                gc.offset.reshape(-1).int().tolist())
+        lengths = gc.cdf_length.reshape(-1).int().tolist()
+        cdf = [row[:n] for row, n in zip(gc.quantized_cdf.tolist(), lengths)]
+        return cdf, lengths, gc.offset.reshape(-1).int().tolist()
 
     def _setup(self, params: Tensor):
         """What both sides need: the wavefronts, context weights, tables, the padded
