@@ -600,9 +600,7 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor,
         inf = torch.full((1,), float("inf"), device=s.device)
         above = torch.cat([t * (1 - 2 * within), inf])  # index i: near t_i from below
         below = torch.cat([-inf, t * (1 + 2 * within)])  # index i: near t_{i−1} from above
-        i = idx.reshape(-1).to(s.device)
-        if i.dtype not in (torch.int32, torch.int64):
-            i = i.long()
+        i = idx.reshape(-1).to(s.device)  # int32, from _scale_indexes
         pre = ((s >= above.index_select(0, i)) | (s <= below.index_select(0, i)))
         pre = pre.nonzero().squeeze(1)
     else:
@@ -657,7 +655,7 @@ class _IndexGuard:
       forces a few more latents, see :func:`_choose_hash` (:attr:`hashed`, per
       element). ``"auto"`` writes whichever stream is shorter.
     * decoder (``forced`` numbers, ``hashed`` per element): at the forced numbers,
-      and at the latents the hash rule selects (:func:`_hash_forced`), the index is
+      and at the latents the hash rule selects (:func:`_hash_rule`), the index is
       ``k + 1`` for the boundary ``k`` nearest to the decoder's own scale (float
       noise is ~10⁴ times smaller than the 13 % gap between boundaries); elsewhere
       it is ``build_indexes``'s.
@@ -724,9 +722,7 @@ class _IndexGuard:
                 self.positions.append(pos[chosen] + start)
                 sels.append(pos[chosen])
                 ks.append(k[chosen])
-        if not sels:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-        return torch.cat(sels), torch.cat(ks)
+        return _joined(sels, ks)
 
     def _decode_call(self, scales: Tensor, idx: Tensor, start: int,
                      n: int) -> tuple[Tensor, Tensor]:
@@ -754,9 +750,7 @@ class _IndexGuard:
                 chosen = part[torch.from_numpy(mask)]
                 sels.append(pos[chosen])
                 ks.append(k[chosen])
-        if not sels:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-        return torch.cat(sels), torch.cat(ks)
+        return _joined(sels, ks)
 
     def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
         out = type(self.gc).quantize(self.gc, inputs, mode, means)
@@ -791,6 +785,14 @@ class _IndexGuard:
         pos = torch.cat(self.positions).numpy() if self.positions else np.zeros(0, np.int64)
         return [pos[(pos >= b * per_item) & (pos < (b + 1) * per_item)] - b * per_item
                 for b in range(batch)]
+
+
+def _joined(sels: list[Tensor], ks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The forced positions and their boundaries gathered by an encode or decode call
+    (two empty int64 tensors when there are none)."""
+    if not sels:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(sels), torch.cat(ks)
 
 
 def _rice_bits(gaps: np.ndarray) -> tuple[int, bytes]:
