@@ -84,7 +84,7 @@ def cmd_rate(a: argparse.Namespace) -> None:
     per file instead of two; the y stream of that file differs by the few forced
     latents outside G, not counted)."""
     import varicodec.models.codec_model as cm
-    from varicodec.codec.api import encode_image
+    from varicodec.codec.api import _z_shape, encode_image
     from varicodec.codec.format import Container
 
     m = _model(a.model)
@@ -103,8 +103,8 @@ def cmd_rate(a: argparse.Namespace) -> None:
             r = encode_image(p, m, quality=q, compute_psnr=False)
             c = Container.unpack(r.data)
             guard = len(c.guard or b"")
-            zh, zw = -(-c.height // 64), -(-c.width // 64)
-            _, named = cm._unpack_guard(c.guard or bytes(4), m._latents_per_item((zh, zw)))
+            per_item = m._latents_per_item(_z_shape(m, c.width, c.height))
+            _, named = cm._unpack_guard(c.guard or bytes(4), per_item)
             hashed = isinstance(named, cm._HashSet)
             old_guard = 4 + (len(cm._positions_tail(seen[0])) if seen else 0)
             assert len(seen) <= 1 and (hashed or old_guard == guard)
@@ -275,6 +275,7 @@ def cmd_worker(a: argparse.Namespace) -> None:
 
 def _file_guard(m, f: Path) -> dict:
     """A file's format version and how its guard stream names the guarded latents."""
+    from varicodec.codec.api import _z_shape
     from varicodec.codec.format import Container
     from varicodec.models.codec_model import _HashSet, _unpack_guard
 
@@ -283,8 +284,7 @@ def _file_guard(m, f: Path) -> dict:
     if c.guard is None or len(c.guard) == 4:
         mode = "none" if c.guard is None else "check only"
     else:
-        zh, zw = -(-c.height // 64), -(-c.width // 64)
-        _, named = _unpack_guard(c.guard, m._latents_per_item((zh, zw)))
+        _, named = _unpack_guard(c.guard, m._latents_per_item(_z_shape(m, c.width, c.height)))
         mode = "hash" if isinstance(named, _HashSet) else "positions"
     return {"version": data[3], "guard_mode": mode}
 
