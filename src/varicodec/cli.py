@@ -80,10 +80,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; ``argv`` ``None`` means ``sys.argv`` (a real process)."""
-    if argv is None:  # this process is ours: let malloc reuse freed activations
-        from .util import retain_freed_memory
-
-        retain_freed_memory()
     try:
         code, args = _main(argv)
     except KeyboardInterrupt:  # anywhere: parsing, importing torch, coding, writing
@@ -120,6 +116,10 @@ def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace]:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0, args
+    if argv is None:  # a command runs in a process of ours: let malloc reuse activations
+        from .util import retain_freed_memory
+
+        retain_freed_memory()
     return _run(args), args
 
 
