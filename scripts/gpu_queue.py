@@ -268,7 +268,7 @@ def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> 
     t0 = time.time()
     with open(logs / f"{job['id']}.stderr.txt", "w") as f:
         rc = subprocess.run(cmd, env=_env(), stderr=subprocess.STDOUT, stdout=f).returncode
-    fallback = job.get("fallback", ["amp=null", "channels_last=false"])
+    fallback = job.get("fallback", ["amp=null", "channels_last=false", "compile=false"])
     if rc != 0 and fallback and time.time() - t0 < 0.5 * 60 * minutes:
         # the fast path failed early on this machine: the rest of the budget, the safe path
         print((logs / f"{job['id']}.stderr.txt").read_text()[-3000:], flush=True)

@@ -22,7 +22,9 @@ def test_gpu_plan_is_well_formed():
     ids = [j["id"] for j in jobs]
     assert len(ids) == len(set(ids))
     for job in jobs:
-        assert job.get("status", "pending") in ("pending", "done", "failed")
+        assert job.get("status", "pending") in ("pending", "done", "failed", "dropped")
+        if job.get("status") == "dropped":
+            assert job.get("reason"), job["id"]     # a dropped job says why
         assert ("command" in job) != ("line" in job), job["id"]
         if "line" in job:
             cfg = load_config(ROOT / job["config"])
