@@ -10,7 +10,13 @@ each on the same model:
 * ``memory``: the training set decoded once into device memory, crops cut there;
   λ stays on the host (no sync), fused Adam on CUDA;
 * ``memory+bf16``: plus bf16 autocast on the transforms (entropy models float32);
-* ``memory+bf16+cl``: plus channels_last.
+* ``memory+bf16+cl``: plus channels_last;
+* ``memory+cl``, ``memory+cl+compile``: float32 with channels_last, then ``torch.compile``
+  of the transforms; ``+b64`` / ``+b128``: the same at batch 64 / 128.
+
+Every setting but ``+b64`` / ``+b128`` runs at ``--batch`` (default: the recipe's batch)
+and without compile, whatever the recipe says, so that ``old`` is the loop as it was
+(the GPU recipes run batch 64 + compile since window 4: pass ``--batch 32`` there).
 
 Each setting runs ``--warmup`` steps (cudnn autotuning, worker start-up), then is
 timed for ``--seconds`` of steady state. Reports steps/s, crops/s and the ratio of
@@ -45,18 +51,21 @@ from varicodec.train.loop import (
     train_step,
 )
 
+_DENSE = dict(compile=False)   # compile only where a setting names it (the GPU recipes have it on)
 SETTINGS = {
-    "old": dict(data_in_memory=False, amp=None, channels_last=False, fast=False),
-    "memory": dict(data_in_memory=True, amp=None, channels_last=False, fast=True),
-    "memory+bf16": dict(data_in_memory=True, amp="bf16", channels_last=False, fast=True),
-    "memory+bf16+cl": dict(data_in_memory=True, amp="bf16", channels_last=True, fast=True),
-    "memory+bf16-inner+cl": dict(data_in_memory=True, amp="bf16-inner", channels_last=True,
+    "old": dict(_DENSE, data_in_memory=False, amp=None, channels_last=False, fast=False),
+    "memory": dict(_DENSE, data_in_memory=True, amp=None, channels_last=False, fast=True),
+    "memory+bf16": dict(_DENSE, data_in_memory=True, amp="bf16", channels_last=False, fast=True),
+    "memory+bf16+cl": dict(_DENSE, data_in_memory=True, amp="bf16", channels_last=True, fast=True),
+    "memory+bf16-inner+cl": dict(_DENSE, data_in_memory=True, amp="bf16-inner", channels_last=True,
                                  fast=True),
-    "memory+cl": dict(data_in_memory=True, amp=None, channels_last=True, fast=True),
-    "memory+cl+compile": dict(data_in_memory=True, amp=None, channels_last=True, compile=True,
-                              fast=True),
+    "memory+cl": dict(_DENSE, data_in_memory=True, amp=None, channels_last=True, fast=True),
+    "memory+cl+compile": dict(_DENSE, data_in_memory=True, amp=None, channels_last=True,
+                              compile=True, fast=True),
     "memory+cl+compile+b64": dict(data_in_memory=True, amp=None, channels_last=True,
                                   compile=True, batch_size=64, fast=True),
+    "memory+cl+compile+b128": dict(data_in_memory=True, amp=None, channels_last=True,
+                                   compile=True, batch_size=128, fast=True),
 }
 DEFAULT_SETTINGS = "old,memory,memory+bf16,memory+bf16+cl"
 
@@ -108,11 +117,15 @@ def main() -> None:
                     help=f"comma-separated subset of {list(SETTINGS)}")
     ap.add_argument("--warmup", type=int, default=25)
     ap.add_argument("--seconds", type=float, default=8.0, help="timed steady state per setting")
+    ap.add_argument("--batch", type=int,
+                    help="batch of the settings that do not name one (default: the recipe's)")
     ap.add_argument("--workers", type=int, help="loader workers of the old path")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     cfg = load_config(a.config, workers=a.workers, threads=a.threads)
+    if a.batch:
+        cfg = dataclasses.replace(cfg, batch_size=a.batch)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
