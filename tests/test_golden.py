@@ -7,6 +7,7 @@ layout, of a version's coding order or of the decoder's arithmetic on the latent
 fails here; regenerate only together with a new format version.
 """
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -63,3 +64,20 @@ def test_golden_file_decodes_as_recorded(name, model):
     diff = np.abs(np.asarray(image, np.int16) - np.asarray(expected, np.int16))
     # same symbols; the pixels may move by float noise between machines (docs/design.md)
     assert diff.max() <= 2 and (diff > 0).mean() < 0.01
+
+
+def test_hash_mode_guard_in_an_older_version_is_refused(model):
+    """Only version 4 writes a hash-mode guard: the same file relabelled as version 3 or
+    2 (CRC made valid again) is corrupted, and decoding says so instead of trying."""
+    from varicodec.codec.api import decode
+    from varicodec.errors import FormatError
+    from varicodec.models.codec_model import guard_is_hash_mode
+
+    c = Container.unpack((GOLDEN / "v4-hash.vcd").read_bytes())
+    assert guard_is_hash_mode(c.guard)
+    assert not guard_is_hash_mode(Container.unpack((GOLDEN / "v3-rgb.vcd").read_bytes()).guard)
+    decode(c.pack(), model)                     # as written: decodes
+    for version in (3, 2):
+        old = dataclasses.replace(c, version=version)
+        with pytest.raises(FormatError, match=f"version {version} file holds a hash-mode guard"):
+            decode(old.pack(), model)

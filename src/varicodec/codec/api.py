@@ -33,10 +33,11 @@ from ..imageio import (
 )
 from ..metrics import psnr_db
 from ..models import VaricodecModel
+from ..models.codec_model import guard_is_hash_mode
 from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda
 from ..util import trim_freed_memory
-from .format import FORMAT_VERSION, Container
+from .format import FORMAT_VERSION, HASH_GUARD_VERSION, Container
 from .header import info
 from .pretrained import ModelSpec, fingerprint, resolve_model
 from .rate_control import RateControlReport, RateTargetError, check_tolerance, search_lmbda_code
@@ -194,6 +195,9 @@ def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
     n_y = model.config["M"] * zh * zw * 16  # y is 4× finer than z in each direction
     strings = [[_guarded(c.y, n_y)], [_guarded(c.z, n_z)]] + ([[c.side]] if model.gated else [])
     if c.guard is not None:  # format version 2 on: explicit indexes and the symbol check
+        if c.version < HASH_GUARD_VERSION and guard_is_hash_mode(c.guard):
+            raise FormatError(f"corrupted file: a version {c.version} file holds a hash-mode "
+                              f"guard stream, which only version {HASH_GUARD_VERSION} writes")
         strings.append([c.guard])
     try:
         out = model.decompress(strings, (zh, zw), c.lmbda_code, order=c.coding_order)

@@ -32,8 +32,8 @@ wavefront order (``varicodec.models.wavefront``), in versions 1-2 in CompressAI'
 position-by-position order (:attr:`Container.coding_order`).
 Version 4 has version 3's layout; its guard stream may name the guarded latents by a
 short hash instead of their positions (*hash mode*, marked by the byte after the
-count; docs/FORMAT.md), which a version 3 reader would reject as malformed. Readers
-accept both guard layouts in any version from 2; writers write hash mode only in 4.
+count; docs/FORMAT.md), which a version 3 reader would reject as malformed. Only
+version 4 writes hash mode, and a version 2-3 file that holds it is refused as corrupted.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -72,6 +72,9 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 #: (varicodec.models.wavefront); versions 1-2 hold CompressAI's sequential order.
 #: The layout is version 2's; hyperprior and mean files differ only in this byte.
 WAVEFRONT_VERSION = 3
+#: the first version that may hold a hash-mode guard stream; an older file that holds
+#: one is malformed (its writer could not have made it)
+HASH_GUARD_VERSION = 4
 
 #: registry name → model id byte, from the registry's append-only ``format_ids``
 MODEL_IDS: dict[str, int] = {

@@ -843,6 +843,16 @@ def _pack_guard(check: int, positions: np.ndarray, hashed: _HashSet | None = Non
     return out + _positions_tail(positions)
 
 
+def guard_is_hash_mode(stream: bytes) -> bool:
+    """Whether a guard stream is in hash mode (the byte after its count is
+    ≥ ``HASH_MODE_BASE``; :func:`_pack_guard`). Only format version 4 writes it; a
+    malformed stream answers ``False`` and fails in :func:`_unpack_guard`."""
+    pos = _CHECK.size
+    while pos < len(stream) and stream[pos] & 0x80:   # the count's varint
+        pos += 1
+    return pos + 1 < len(stream) and stream[pos + 1] >= HASH_MODE_BASE
+
+
 def _unpack_guard(stream: bytes, per_item: int) -> tuple[int, np.ndarray | _HashSet]:
     """Inverse of :func:`_pack_guard`: ``(check, latent numbers)`` for a positions-mode
     stream, ``(check, _HashSet)`` for a hash-mode one; ``ValueError`` for a malformed
