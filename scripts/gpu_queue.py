@@ -147,10 +147,11 @@ def cmd_slim(a: argparse.Namespace) -> int:
     """Take large files the pending jobs do not need out of what travels (undo: unslim).
 
     The device call sends tracked and untracked-not-ignored files; large weights that
-    no pending job starts from are removed from the index (not from disk) and listed in
-    ``.git/info/exclude`` between two marker lines.
+    no job this window reaches (:func:`window_jobs` at ``--deadline``) starts from are
+    removed from the index (not from disk) and listed in ``.git/info/exclude`` between
+    two marker lines. A job whose weights did not travel stays pending.
     """
-    needed = {_init_of(j).resolve() for j in pending(load_plan())
+    needed = {_init_of(j).resolve() for j in window_jobs(pending(load_plan()), a.deadline)
               if j.get("line") and _init_of(j) is not None}
     tracked = _git_files()
     candidates = tracked + _git_files("--others", "--exclude-standard")
@@ -208,6 +209,8 @@ def cmd_next(a: argparse.Namespace) -> int:
                      src.relative_to(ROOT) if src.is_file() and src.is_relative_to(ROOT)
                      else src if src.is_file() else f"{src} (MISSING)")
             what = f"train {j['line']} from {start}"
+            if _widens(j):
+                what += " widened to the recipe's N/M"
         print(f"  {j['id']}: {what} ({j.get('minutes', '?')} min)")
     return 0
 
@@ -222,16 +225,41 @@ def _weights_of(ref: str) -> Path:
 
 def _init_of(job: dict) -> Path | None:
     """The weights a train job starts from (default: its own line), or ``None`` for
-    scratch: ``init: null``, or a new line marked ``from_scratch_if_new``. A path that
-    does not exist otherwise is returned as is (the job then fails with a message)."""
+    scratch: ``init: null``, or a new line marked ``from_scratch_if_new``. A new line
+    with ``widen_from: REF`` starts from those weights widened to its recipe's N/M
+    (``varicodec widen``, on the GPU machine): that file is what it needs. A path that
+    does not exist otherwise is returned as is (the runner then leaves the job pending)."""
     ref = job.get("init", f"line:{job['line']}")
     if not ref:
         return None
     path = _weights_of(ref)
-    if (not path.is_file() and ref == f"line:{job['line']}"
-            and job.get("from_scratch_if_new")):
-        return None
+    if not path.is_file() and ref == f"line:{job['line']}":
+        if job.get("widen_from"):
+            return _weights_of(job["widen_from"])
+        if job.get("from_scratch_if_new"):
+            return None
     return path
+
+
+def _widens(job: dict) -> bool:
+    """Whether the job starts its (new) line from widened weights."""
+    return bool(job.get("widen_from")) and "init" not in job and not (
+        LINES / f"{job['line']}.safetensors").is_file()
+
+
+def window_jobs(jobs: list[dict], deadline: float) -> list[dict]:
+    """The pending jobs a window of ``deadline`` seconds reaches, by the runner's own rule
+    (a job starts if ``min_minutes`` + overhead still fit; a train job gets its minutes or
+    what is left), assuming each job uses all the time it is given."""
+    t, chosen = 0.0, []
+    for job in jobs:
+        left = deadline - t
+        overhead = job.get("overhead_s", OVERHEAD_S)
+        if left < float(job.get("min_minutes", job.get("minutes", 1))) * 60 + overhead:
+            continue
+        chosen.append(job)
+        t += min(float(job.get("minutes", 1)) * 60, left - overhead) + overhead
+    return chosen
 
 
 def _env() -> dict:
@@ -259,8 +287,13 @@ def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> 
     line = job["line"]
     run_name = f"{job['id']}"
     init = _init_of(job)
-    if init is not None and not init.is_file():
-        return {"id": job["id"], "line": line, "rc": f"no init weights at {init}"}
+    if _widens(job):   # a new line grown from another's weights: widen them here first
+        recipe = yaml.safe_load((ROOT / job["config"]).read_text())
+        wide = runs / f"{job['id']}-widened.safetensors"
+        subprocess.run([sys.executable, "-m", "varicodec", "widen", str(init), "--N",
+                        str(recipe["N"]), "--M", str(recipe["M"]), "--out", str(wide)],
+                       env=_env(), check=True)
+        init = wide
     cmd = [sys.executable, "-m", "varicodec", "train", "--config", str(ROOT / job["config"]),
            "--name", run_name, "--out-dir", str(runs),
            *(["--init", str(init)] if init else []), "--time-budget", f"{minutes:.3f}"]
@@ -321,6 +354,11 @@ def cmd_run(a: argparse.Namespace) -> int:
         if left < need:
             print(f"skip {job['id']}: {left:.0f} s left, needs {need:.0f} s", flush=True)
             report["jobs"].append({"id": job["id"], "skipped": f"{left:.0f} s left"})
+            continue
+        init = _init_of(job) if job.get("line") else None
+        if init is not None and not init.is_file():   # not carried this window: later
+            print(f"skip {job['id']}: its start weights {init} did not travel", flush=True)
+            report["jobs"].append({"id": job["id"], "skipped": f"no weights at {init}"})
             continue
         if job.get("command"):
             t0 = time.time()
@@ -408,6 +446,8 @@ def main() -> int:
     sl = sub.add_parser("slim", help="leave out of the device call the large files the "
                                      "pending jobs do not need (undo: unslim)")
     sl.add_argument("--min-mb", type=float, default=1.0, help="files above this size")
+    sl.add_argument("--deadline", type=float, default=540,
+                    help="the run's --deadline: only the jobs it reaches keep their weights")
     sl.add_argument("--drop-dirs", nargs="*", default=["docs"],
                     help="folders left out whole (default: docs)")
     sl.set_defaults(func=cmd_slim)

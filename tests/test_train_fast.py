@@ -151,12 +151,19 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
     recipe.update(model="hyperprior-bm", name="x", train_dir=str(images), val_dir=str(images),
                   data_in_memory=True, steps=10**6, val_every=10**6, gamma=0.0)
     (tmp_path / "tiny-bm.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "tiny-wide.yaml").write_text(yaml.safe_dump({**recipe, "N": 20, "M": 24}))
     plan = tmp_path / "queue.yaml"
     plan.write_text("# a test plan\n" + yaml.safe_dump({"jobs": [
         {"id": "j-cmd", "command": "python -c \"open('$LOGS/hello.txt','w').write('hi')\"",
          "minutes": 0.1, "overhead_s": 0, "status": "pending"},
         {"id": "j-train", "line": "tiny-bm", "config": str(tmp_path / "tiny-bm.yaml"),
          "minutes": 0.03, "min_minutes": 0.01, "overhead_s": 5, "status": "pending"},
+        {"id": "j-wide", "line": "tiny-wide", "config": str(tmp_path / "tiny-wide.yaml"),
+         "widen_from": "line:tiny-bm", "minutes": 0.03, "min_minutes": 0.01, "overhead_s": 5,
+         "status": "pending"},
+        {"id": "j-uncarried", "line": "tiny-bm", "config": str(tmp_path / "tiny-bm.yaml"),
+         "init": str(tmp_path / "absent.safetensors"), "minutes": 0.03, "overhead_s": 5,
+         "status": "pending"},
         {"id": "j-late", "command": "true", "minutes": 100, "status": "pending"},
     ]}))
     out = tmp_path / "out"
@@ -170,10 +177,16 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
     assert jobs["j-cmd"]["status"] == "done" and jobs["j-train"]["status"] == "done"
     assert jobs["j-train"]["result"]["steps"] >= 1
     assert jobs["j-late"]["status"] == "pending"           # did not fit: stays queued
+    assert jobs["j-uncarried"]["status"] == "pending"      # its weights did not travel
+    assert jobs["j-wide"]["status"] == "done"              # a new line grown from tiny-bm
+    wide = json.loads((lines / "tiny-wide.safetensors.json").read_text())
+    assert (wide["N"], wide["M"]) == (20, 24)
+    assert [e["run"] for e in wide["lineage"]][-2:] == ["widen", "j-wide"]
     window = next((tmp_path / "doc").iterdir())
     assert (window / "hello.txt").read_text() == "hi"
     report = json.loads((window / "report.json").read_text())
-    assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-late"]
+    assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-wide", "j-uncarried",
+                                                 "j-late"]
     card = json.loads((lines / "tiny-bm.safetensors.json").read_text())
     assert card["lineage"][-1]["run"] == "j-train"
 
@@ -219,3 +232,20 @@ def test_train_progress_lines_in_a_log(tmp_path, images, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert any(x.startswith("timed: ") and "steps/s" in x and "ETA" not in x
                for x in err.splitlines())
+
+
+def test_gpu_queue_window_jobs_follow_the_runners_rule():
+    """slim keeps the weights of the jobs a window reaches: the runner's own schedule."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_queue", ROOT / "scripts/gpu_queue.py")
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    jobs = [{"id": "a", "line": "x", "minutes": 6.0, "min_minutes": 2.0},
+            {"id": "b", "command": "true", "minutes": 1.5, "overhead_s": 0},
+            {"id": "c", "line": "y", "minutes": 7.0, "min_minutes": 2.0},
+            {"id": "d", "command": "true", "minutes": 0.2, "overhead_s": 0}]
+    assert [j["id"] for j in q.window_jobs(jobs, 540)] == ["a", "b", "d"]
+    assert [j["id"] for j in q.window_jobs(jobs, 900)] == ["a", "b", "c"]   # c takes the rest
+    assert [j["id"] for j in q.window_jobs(jobs, 1000)] == ["a", "b", "c", "d"]
+    assert [j["id"] for j in q.window_jobs(jobs, 100)] == ["b"]            # a needs 165 s

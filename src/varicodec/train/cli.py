@@ -36,6 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
     e.set_defaults(func=_export)
 
+    w = sub.add_parser("widen", help="grow a trained model to more channels, same output",
+                       description="Write a wider copy of a trained model (N, M channels) that "
+                                   "reconstructs exactly as the original and codes the same "
+                                   "bytes within a few, as the start of a training run at the "
+                                   "wider size (hyperprior base and bm models).")
+    w.add_argument("weights", help="the trained model (.safetensors)")
+    w.add_argument("--N", type=int, required=True, help="channels of the transforms")
+    w.add_argument("--M", type=int, required=True, help="latent channels")
+    w.add_argument("--out", required=True, help="output NAME.safetensors")
+    w.add_argument("--seed", type=int, default=0, help="seed of the new channels' weights")
+    w.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
+    w.set_defaults(func=_widen)
+
 
 def _train(args: argparse.Namespace) -> int:
     import yaml
@@ -53,6 +66,33 @@ def _train(args: argparse.Namespace) -> int:
                       steps=args.steps, threads=args.threads,
                       time_budget_minutes=args.time_budget)
     train(cfg, resume=args.resume, init=args.init, max_minutes=args.max_minutes)
+    return 0
+
+
+def _widen(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..errors import VaricodecError
+    from ..models import load_model, save_model
+    from ..models.widen import widen_model, widened_card
+
+    src, out = Path(args.weights), Path(args.out)
+    if out.suffix != ".safetensors":
+        raise VaricodecError(f"--out must end in .safetensors, got {out.name}")
+    if out.exists() and out.resolve() == src.resolve():
+        raise VaricodecError(f"--out is the input file {src}: choose another name")
+    model = load_model(src)
+    try:
+        wide = widen_model(model, args.N, args.M, seed=args.seed)
+    except ValueError as e:
+        raise VaricodecError(str(e)) from None
+    card = widened_card(model.card, model, args.N, args.M)
+    save_model(wide, out, card, half=not args.fp32)
+    out.with_name(out.name + ".json").write_text(json.dumps(card, indent=1) + "\n")
+    print(f"wrote {out} ({wide.name}, N={args.N} M={args.M}, from N={model.config['N']} "
+          f"M={model.config['M']}; {sum(p.numel() for p in wide.parameters()) / 1e6:.1f} M "
+          "parameters)")
     return 0
 
 
