@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeats", type=int, default=1, help="timed runs per coder (median)")
     p.add_argument("--variant", default="base", choices=["base", "ecg", "bm", "ecgbm"])
+    p.add_argument("--weights", type=Path,
+                   help="trained joint weights instead of the woken random model; a "
+                        "variable-rate one codes at λ of each --qualities entry")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave the C library's malloc as it is (by default freed memory is "
                         "kept for reuse, as the varicodec command does: util.retain_freed_memory)")
@@ -121,11 +124,11 @@ def file_bytes(model, fp: bytes, rgb: np.ndarray, coded: dict, order: str) -> in
         version=2 if order == "sequential" else FORMAT_VERSION).pack())
 
 
-def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int) -> dict:
+def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int,
+            lm: float | None) -> dict:
     from varicodec.imageio import to_uint8
     from varicodec.metrics import psnr_db
 
-    lm = _lmbda(model)
     times: dict[str, dict[str, list[float]]] = {o: {"enc": [], "dec": []} for o in ORDERS}
     synth: list[float] = []
     synth_cl: list[float] = []
@@ -205,25 +208,42 @@ def main(argv: list[str] | None = None) -> int:
 
     images = [(p.stem, *image_tensor(p)) for p in paths]
     rows = []
+    trained = None
+    if args.weights is not None:
+        from varicodec.models import load_model
+
+        trained = load_model(args.weights)
+        if trained.arch != "joint":
+            print(f"{args.weights} holds a {trained.name} model, not a joint one",
+                  file=sys.stderr)
+            return 1
     for quality in args.qualities:
-        model = make_model(quality, args.variant, images[0][2])
+        if trained is not None:
+            from varicodec.quality import quality_to_lmbda
+
+            model = trained
+            lm = quality_to_lmbda(quality) if model.variable_rate else None
+        else:
+            model = make_model(quality, args.variant, images[0][2])
+            lm = _lmbda(model)
         fp = weights_fingerprint(model)
         for threads in args.threads:
             torch.set_num_threads(threads)
             # warm-up: each coder once on a 256×256 crop
             for order in ORDERS:
-                c = model.compress(images[0][2][..., :256, :256], lmbda=_lmbda(model),
-                                   order=order)
+                c = model.compress(images[0][2][..., :256, :256], lmbda=lm, order=order)
                 model.decompress(c["strings"], c["shape"], c["lmbda_code"], order=order)
             for name, rgb, x in images:
                 row = {"image": name, "quality": quality, "threads": threads,
-                       **measure(model, fp, rgb, x, args.repeats)}
+                       **measure(model, fp, rgb, x, args.repeats, lm)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     result = {
         "command": "python benchmarks/joint_speed.py " + " ".join(sys.argv[1:] if argv is None
                                                                  else argv),
-        "model": f"joint-{args.variant}, mbt2018 size, random weights woken (see docstring)",
+        "model": (f"{trained.name} N={trained.config['N']} M={trained.config['M']}, trained: "
+                  f"{args.weights}" if trained is not None else
+                  f"joint-{args.variant}, mbt2018 size, random weights woken (see docstring)"),
         "torch": torch.__version__, "retain_freed_memory": retained,
         "load_average": [load_before, os.getloadavg()[0]], "rows": rows,
     }
