@@ -143,7 +143,8 @@ class _Coder:
     def __init__(self, model: VaricodecModel, src: SourceImage) -> None:
         self.model, self.src = model, src
         self.fp = fingerprint(model)
-        self.x = pad_to_multiple(to_tensor(src.rgb), model.downsampling_factor)
+        device = next(model.parameters()).device   # a model on a GPU codes there
+        self.x = pad_to_multiple(to_tensor(src.rgb), model.downsampling_factor).to(device)
         self.alpha = _pack_alpha(src.alpha)
         self.shape = _z_shape(model, src.width, src.height)
 
