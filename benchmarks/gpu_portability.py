@@ -195,7 +195,7 @@ def cmd_collect(a: argparse.Namespace) -> int:
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"| direction | model | decodes | errors | max pixel diff | lowest PSNR between |")
+    print("| direction | model | decodes | errors | max pixel diff | lowest PSNR between |")
     print("|---|---|---|---|---|---|")
     for k, v in summary.items():
         d, m = k.split(":")
