@@ -125,9 +125,12 @@ def file_bytes(model, fp: bytes, rgb: np.ndarray, coded: dict, order: str) -> in
 
 
 def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int,
-            lm: float | None) -> dict:
+            lm: float | None = None) -> dict:
+    """``lm``: λ of a variable-rate model (default: the middle of its range)."""
     from varicodec.imageio import to_uint8
     from varicodec.metrics import psnr_db
+
+    lm = _lmbda(model) if lm is None else lm
 
     times: dict[str, dict[str, list[float]]] = {o: {"enc": [], "dec": []} for o in ORDERS}
     synth: list[float] = []

@@ -72,6 +72,29 @@ CODING_ORDERS = ("wavefront", "sequential")
 INDEX_MARGIN = 1e-5
 
 
+def _full_float32(method):
+    """Run a coding method in true float32 on a CUDA model: TF32 (cuDNN's default for
+    convolutions on Ampere and later) rounds products to 10 mantissa bits, ~10⁻³ relative,
+    a hundred times the guard's margin (docs/results/portability.md), so an encoder and a
+    decoder that used it on different devices would desynchronise. The global flags come
+    back afterwards; on the CPU nothing changes."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        param = next(self.parameters(), None)
+        if param is None or param.device.type != "cuda":
+            return method(self, *args, **kwargs)
+        flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+    return wrapper
+
+
 class VaricodecModel(nn.Module):
     """One registry model: an architecture of :data:`~.registry.ARCHITECTURES` ×
     ``{base, ecg, bm, ecgbm}``.
@@ -333,6 +356,7 @@ class VaricodecModel(nn.Module):
         return int(self.config["M"]) * int(shape[0]) * 4 * int(shape[1]) * 4
 
     @torch.no_grad()
+    @_full_float32
     def compress(self, x: Tensor, lmbda: float | None = None,
                  index_margin: float = INDEX_MARGIN, order: str = "wavefront",
                  guard_mode: str = "auto") -> dict:
@@ -413,6 +437,7 @@ class VaricodecModel(nn.Module):
             start += g.channels
 
     @torch.no_grad()
+    @_full_float32
     def decompress(self, strings: list[list[bytes]], shape, lmbda_code: int | None = None,
                    order: str = "wavefront") -> dict:
         """Inverse of :meth:`compress`. Returns ``{"x_hat", "y_hat"}``.
