@@ -425,3 +425,32 @@ def test_hash_mode_per_batch_element(name, image):
     finally:
         for h in hooks:
             h.remove()
+
+
+def test_coding_on_cuda_turns_tf32_off_and_restores_it():
+    """TF32 rounds convolutions ~10⁻³ relative, far beyond the guard's margin: a model on a
+    GPU codes in true float32, and the user's flags come back afterwards."""
+    import types
+
+    from varicodec.models.codec_model import _full_float32
+
+    class Fake:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def parameters(self):
+            yield types.SimpleNamespace(device=self.device)
+
+        @_full_float32
+        def code(self):
+            return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        assert Fake("cuda").code() == (False, False)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (
+            True, True)
+        assert Fake("cpu").code() == (True, True)          # the CPU path changes nothing
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
