@@ -74,6 +74,23 @@ def pending(plan: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- pack (here)
+#: the lean pack (``pack --lean``, ~31 MB of training data instead of ~50): for windows
+#: that carry an N=192/M=320 line (24 MB of fp16 weights), which the full pack leaves no
+#: room for under the 64 MiB limit
+LEAN = {"bsds500": (0.85, 92, 2), "wikiphoto": (0.6, 94, 0)}   # scale, JPEG quality, subsampling
+FULL = {"bsds500": None, "wikiphoto": (0.7, 94, 0)}             # None: the file as it is
+
+
+def _jpeg(src: Path, out: Path, scale: float, quality: int, subsampling: int) -> None:
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        im = im.resize((round(im.width * scale), round(im.height * scale)),
+                       Image.Resampling.LANCZOS)
+        im.save(out, quality=quality, subsampling=subsampling)
+
+
 def cmd_pack(a: argparse.Namespace) -> int:
     """Training data as compact JPEG plus the wheels the GPU image lacks, into .gpu/."""
     from PIL import Image
@@ -82,24 +99,27 @@ def cmd_pack(a: argparse.Namespace) -> int:
     if not (src / "train").is_dir():
         sys.exit(f"gpu_queue pack: no training data at {src}/train")
     train, val, whl = PACK / "data/train", PACK / "data/val", PACK / "whl"
+    recipe = LEAN if a.lean else FULL
+    marker = PACK / "data" / "pack.json"
+    if train.is_dir() and (json.loads(marker.read_text()) if marker.is_file()
+                           else {"lean": False}) != {"lean": bool(a.lean)}:
+        shutil.rmtree(train)        # the other pack: rebuild the training set
     for d in (train, val, whl):
         d.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"lean": bool(a.lean)}))
     n = 0
     for p in sorted((src / "train").iterdir()):
-        if p.name.startswith("bsds500_"):          # JPEG q≈95 already: copy as is
+        kind = p.name.split("_")[0]
+        if kind not in recipe:
+            continue                # sunhays80_*: JPEG q≈75, artefacts the codec would learn
+        n += 1
+        if recipe[kind] is None:                   # bsds500, full pack: JPEG q≈95, as is
             if not (train / p.name).exists():
                 shutil.copyfile(p, train / p.name)
-            n += 1
-        elif p.name.startswith("wikiphoto_"):      # large PNGs: 0.7×, JPEG q94 4:4:4
-            out = train / (p.stem + ".jpg")
-            if not out.exists():
-                with Image.open(p) as im:
-                    im = im.convert("RGB")
-                    im = im.resize((round(im.width * 0.7), round(im.height * 0.7)),
-                                   Image.Resampling.LANCZOS)
-                    im.save(out, quality=94, subsampling=0)
-            n += 1
-        # sunhays80_*: JPEG q≈75, artefacts the codec would learn; left out
+            continue
+        out = train / (p.stem + ".jpg")            # rescaled (LANCZOS) and re-encoded
+        if not out.exists():
+            _jpeg(p, out, *recipe[kind])
     v = 0
     for p in sorted((src / "val").iterdir())[: a.val_images]:
         out = val / (p.stem + ".png")
@@ -118,7 +138,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
                         "-d", str(whl), *WHEELS], check=True)
     size = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file()) / 1e6
     print(f"packed {n} training and {v} validation images and {len(list(whl.glob('*.whl')))} "
-          f"wheels into {PACK} ({size:.1f} MB)")
+          f"wheels into {PACK} ({size:.1f} MB{', lean' if a.lean else ''})")
     return 0
 
 
@@ -175,6 +195,9 @@ def cmd_slim(a: argparse.Namespace) -> int:
     print(f"left out {len(drop)} large files; {size / 2**20:.1f} MiB would travel with .gpu "
           f"(limit {LIMIT_BYTES / 2**20:.0f} MiB). After the call: "
           "python scripts/gpu_queue.py unslim")
+    if size >= LIMIT_BYTES:
+        print("too large: python scripts/gpu_queue.py pack --lean makes the training data "
+              "~20 MB smaller (for windows that carry an N=192/M=320 line)")
     return 0 if size < LIMIT_BYTES else 1
 
 
@@ -441,6 +464,9 @@ def main() -> int:
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--val-crop", type=int, default=256)
+    p.add_argument("--lean", action="store_true",
+                   help="~31 MB of training data (bsds500 0.85x JPEG q92, wikiphoto 0.6x) so "
+                        "that an N=192/M=320 line's weights fit beside it")
     p.set_defaults(func=cmd_pack)
     sub.add_parser("next", help="show the pending jobs").set_defaults(func=cmd_next)
     sl = sub.add_parser("slim", help="leave out of the device call the large files the "
