@@ -234,6 +234,8 @@ def cmd_next(a: argparse.Namespace) -> int:
             what = f"train {j['line']} from {start}"
             if _widens(j):
                 what += " widened to the recipe's N/M"
+            elif _starts_line_from(j, "parts_from"):
+                what += f" (only {', '.join(j.get('parts', []))})"
         print(f"  {j['id']}: {what} ({j.get('minutes', '?')} min)")
     return 0
 
@@ -250,24 +252,32 @@ def _init_of(job: dict) -> Path | None:
     """The weights a train job starts from (default: its own line), or ``None`` for
     scratch: ``init: null``, or a new line marked ``from_scratch_if_new``. A new line
     with ``widen_from: REF`` starts from those weights widened to its recipe's N/M
-    (``varicodec widen``, on the GPU machine): that file is what it needs. A path that
-    does not exist otherwise is returned as is (the runner then leaves the job pending)."""
+    (``varicodec widen``, on the GPU machine), one with ``parts_from: REF`` from the
+    modules ``parts`` of those weights (``init_parts``: e.g. a hyperprior's transforms for a
+    mean-scale or joint line): that file is what it needs. A path that does not exist
+    otherwise is returned as is (the runner then leaves the job pending)."""
     ref = job.get("init", f"line:{job['line']}")
     if not ref:
         return None
     path = _weights_of(ref)
     if not path.is_file() and ref == f"line:{job['line']}":
-        if job.get("widen_from"):
-            return _weights_of(job["widen_from"])
+        for key in ("widen_from", "parts_from"):
+            if job.get(key):
+                return _weights_of(job[key])
         if job.get("from_scratch_if_new"):
             return None
     return path
 
 
+def _starts_line_from(job: dict, key: str) -> bool:
+    """Whether the job starts its (new) line by ``key`` (``widen_from``, ``parts_from``)."""
+    return bool(job.get(key)) and "init" not in job and not (
+        LINES / f"{job['line']}.safetensors").is_file()
+
+
 def _widens(job: dict) -> bool:
     """Whether the job starts its (new) line from widened weights."""
-    return bool(job.get("widen_from")) and "init" not in job and not (
-        LINES / f"{job['line']}.safetensors").is_file()
+    return _starts_line_from(job, "widen_from")
 
 
 def window_jobs(jobs: list[dict], deadline: float) -> list[dict]:
@@ -319,7 +329,10 @@ def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> 
         init = wide
     cmd = [sys.executable, "-m", "varicodec", "train", "--config", str(ROOT / job["config"]),
            "--name", run_name, "--out-dir", str(runs),
-           *(["--init", str(init)] if init else []), "--time-budget", f"{minutes:.3f}"]
+           *(["--init", str(init)] if init else []),
+           *([f"--set=init_parts={json.dumps(job['parts'])}"]
+             if _starts_line_from(job, "parts_from") else []),
+           "--time-budget", f"{minutes:.3f}"]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     with open(logs / f"{job['id']}.stderr.txt", "w") as f:

@@ -152,6 +152,7 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
                   data_in_memory=True, steps=10**6, val_every=10**6, gamma=0.0)
     (tmp_path / "tiny-bm.yaml").write_text(yaml.safe_dump(recipe))
     (tmp_path / "tiny-wide.yaml").write_text(yaml.safe_dump({**recipe, "N": 20, "M": 24}))
+    (tmp_path / "tiny-mean.yaml").write_text(yaml.safe_dump({**recipe, "model": "mean-bm"}))
     plan = tmp_path / "queue.yaml"
     plan.write_text("# a test plan\n" + yaml.safe_dump({"jobs": [
         {"id": "j-cmd", "command": "python -c \"open('$LOGS/hello.txt','w').write('hi')\"",
@@ -161,6 +162,9 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
         {"id": "j-wide", "line": "tiny-wide", "config": str(tmp_path / "tiny-wide.yaml"),
          "widen_from": "line:tiny-bm", "minutes": 0.03, "min_minutes": 0.01, "overhead_s": 5,
          "status": "pending"},
+        {"id": "j-mean", "line": "tiny-mean", "config": str(tmp_path / "tiny-mean.yaml"),
+         "parts_from": "line:tiny-bm", "parts": ["g_a", "g_s", "modulator", "demodulator"],
+         "minutes": 0.03, "min_minutes": 0.01, "overhead_s": 5, "status": "pending"},
         {"id": "j-uncarried", "line": "tiny-bm", "config": str(tmp_path / "tiny-bm.yaml"),
          "init": str(tmp_path / "absent.safetensors"), "minutes": 0.03, "overhead_s": 5,
          "status": "pending"},
@@ -182,11 +186,14 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
     wide = json.loads((lines / "tiny-wide.safetensors.json").read_text())
     assert (wide["N"], wide["M"]) == (20, 24)
     assert [e["run"] for e in wide["lineage"]][-2:] == ["widen", "j-wide"]
+    assert jobs["j-mean"]["status"] == "done"              # a mean line from bm's transforms
+    mean = json.loads((lines / "tiny-mean.safetensors.json").read_text())
+    assert mean["recipe"]["init_parts"] == ["g_a", "g_s", "modulator", "demodulator"]
     window = next((tmp_path / "doc").iterdir())
     assert (window / "hello.txt").read_text() == "hi"
     report = json.loads((window / "report.json").read_text())
-    assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-wide", "j-uncarried",
-                                                 "j-late"]
+    assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-wide", "j-mean",
+                                                 "j-uncarried", "j-late"]
     card = json.loads((lines / "tiny-bm.safetensors.json").read_text())
     assert card["lineage"][-1]["run"] == "j-train"
 

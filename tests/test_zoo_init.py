@@ -285,3 +285,29 @@ def test_zoo_recipes_fit_their_pretrained_model(path):
         assert cfg.lmbda == QUALITY_LMBDAS[quality - 1]
     if model.gated:
         assert cfg.gamma > 0
+
+
+@pytest.mark.parametrize("target", ["mean-bm", "joint-ecgbm"])
+def test_init_parts_take_another_architectures_transforms(tmp_path, target):
+    """``init_parts``: a hyperprior's g_a, g_s and modulators start a mean or joint model
+    (same transform layers); its own entropy model keeps the fresh initialisation."""
+    src = tiny("hyperprior-bm")
+    path = save_model(src, tmp_path / "hp.safetensors", half=False)
+    model = tiny(target)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="do not fit"):       # the whole file cannot
+        load_init(model, path)
+    parts = ["g_a", "g_s", "modulator", "demodulator"]
+    result = load_init(model, path, parts=parts)
+    state, theirs = model.state_dict(), src.state_dict()
+    for k in ("net.g_a.0.weight", "net.g_s.6.bias", "modulator.fc2.weight", "net.g_a.1.gamma"):
+        assert torch.equal(state[k], theirs[k].to(state[k].dtype)), k
+    for k in ("net.h_a.0.weight", "net.h_s.4.weight"):
+        assert torch.equal(state[k], fresh[k]), k                # not taken: fresh
+    assert any("took only g_a, g_s, modulator, demodulator" in n for n in result.notes)
+    with pytest.raises(ValueError, match=r"no weights for \['context_prediction'\]"):
+        load_init(tiny(target), path, parts=["g_a", "context_prediction"])
+    other = save_model(create_model("hyperprior-bm", N=24, M=16), tmp_path / "w.safetensors",
+                       half=False)
+    with pytest.raises(ValueError, match="shapes differ"):     # the parts must fit
+        load_init(tiny(target), other, parts=["g_a"])

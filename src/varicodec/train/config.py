@@ -68,6 +68,9 @@ class TrainConfig:
     val_real_images: int = 2
     log_every: int = 10
     init: str | None = None              # weights to start from (staged schedule)
+    init_parts: list[str] | None = None  # take only these modules from init, e.g. [g_a, g_s,
+                                         # modulator, demodulator]: another architecture's
+                                         # transforms; the rest keeps its fresh init
     out_dir: str = "runs"
 
     def run_dir(self) -> Path:

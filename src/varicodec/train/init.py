@@ -97,11 +97,12 @@ def _is_plugin(key: str) -> bool:
 
 
 def load_checked(model: VaricodecModel, state: dict, what: str,
-                 source_name: str | None = None) -> list[str]:
+                 source_name: str | None = None, partial: bool = False) -> list[str]:
     """Load ``state`` into ``model``; return the plug-in keys it did not provide.
 
     Raises ``ValueError`` naming the keys when ``state`` has keys the model lacks,
-    tensors of another shape, or lacks any key that is not a gate's or a modulator's.
+    tensors of another shape, or lacks any key that is not a gate's or a modulator's
+    (``partial``: any key may be absent; it keeps its fresh initialisation).
     """
     own = model.state_dict()
     fits = f"{what}: weights{f' of {source_name}' if source_name else ''} do not fit " \
@@ -118,17 +119,38 @@ def load_checked(model: VaricodecModel, state: dict, what: str,
     derived = derived_buffers(model)  # fixed by construction: weights files leave them out
     missing = sorted(k for k in own if k not in state and k not in derived)
     lacking = [k for k in missing if not _is_plugin(k)]
-    if lacking:
+    if lacking and not partial:
         raise ValueError(f"{fits}: missing keys {_few(lacking)}")
     model.load_state_dict({k: v.to(own[k].dtype) if own[k].is_floating_point() else v
                            for k, v in state.items()}, strict=False)
     return missing
 
 
-def load_init(model: VaricodecModel, spec: str | Path, progress: bool = True) -> InitResult:
-    """Load the starting weights ``spec`` into ``model`` (see the module docstring)."""
+def _only_parts(state: dict, parts: list[str], spec: str) -> dict:
+    """The entries of ``state`` under the top-level modules ``parts`` (``g_a`` means
+    ``net.g_a.*``, ``modulator`` means ``modulator.*``)."""
+    prefixes = tuple(p for part in parts for p in (f"net.{part}.", f"{part}."))
+    kept = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    found = {part for part in parts if any(k.startswith((f"net.{part}.", f"{part}."))
+                                           for k in kept)}
+    if set(parts) - found:
+        raise ValueError(f"--init {spec}: no weights for {sorted(set(parts) - found)} in it "
+                         "(init_parts names top-level modules such as g_a, g_s, h_a, h_s, "
+                         "modulator, demodulator)")
+    return kept
+
+
+def load_init(model: VaricodecModel, spec: str | Path, progress: bool = True,
+              parts: list[str] | None = None) -> InitResult:
+    """Load the starting weights ``spec`` into ``model`` (see the module docstring).
+
+    ``parts``: take only these top-level modules (e.g. the transforms ``g_a``, ``g_s`` and
+    the modulators of a hyperprior for a mean-scale or joint model, whose transforms have
+    the same layers); every other tensor keeps its fresh initialisation."""
     text = str(spec)
     if text.startswith("compressai:"):
+        if parts:
+            raise ValueError("init_parts takes a weights file or run, not CompressAI's zoo")
         return _load_zoo(model, text, progress)
     path = Path(text)
     if path.is_dir():
@@ -152,7 +174,12 @@ def load_init(model: VaricodecModel, spec: str | Path, progress: bool = True) ->
         state = _folded_state(state, config, model.lmbda)
         source_name += f" folded at λ={model.lmbda:g}"
     result = InitResult(str(spec), pretrained=pretrained)
-    result.kept_fresh = load_checked(model, state, f"--init {text}", source_name)
+    if parts:
+        state = _only_parts(state, list(parts), text)
+        result.notes.append(f"took only {', '.join(parts)} from {source_name}; everything "
+                            "else starts fresh")
+    result.kept_fresh = load_checked(model, state, f"--init {text}", source_name,
+                                     partial=bool(parts))
     return result
 
 

@@ -294,7 +294,7 @@ def _setup(cfg: TrainConfig, resume: bool, init: str | None) -> _Run:
 
 def _load_init(cfg: TrainConfig, model: VaricodecModel, init: str, main_proc: bool) -> dict | None:
     """Starting weights from ``init``; returns the CompressAI zoo source they carry, if any."""
-    result = load_init(model, init, progress=main_proc)
+    result = load_init(model, init, progress=main_proc, parts=cfg.init_parts)
     if result.lmbda_ref is not None:
         cfg.lmbda_ref = result.lmbda_ref  # the recipe records where the modulators start
     if main_proc:
