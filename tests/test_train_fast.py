@@ -256,3 +256,25 @@ def test_gpu_queue_window_jobs_follow_the_runners_rule():
     assert [j["id"] for j in q.window_jobs(jobs, 900)] == ["a", "b", "c"]   # c takes the rest
     assert [j["id"] for j in q.window_jobs(jobs, 1000)] == ["a", "b", "c", "d"]
     assert [j["id"] for j in q.window_jobs(jobs, 100)] == ["b"]            # a needs 165 s
+
+
+def test_frozen_modules_do_not_train():
+    """``frozen: [g_a, g_s]``: an entropy model trained on fixed transforms."""
+    from varicodec.losses import RateDistortionLoss
+    from varicodec.train.loop import make_optimizers, sample_lmbda, train_step
+
+    model = tiny("mean-bm").train()
+    cfg = TrainConfig(model="mean-bm", N=16, M=16, frozen=["g_a", "g_s"])
+    opt, aux_opt = make_optimizers(model, cfg)
+    in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.rand(2, 3, 64, 64)
+    train_step(model, model, RateDistortionLoss(), opt, aux_opt, x,
+               sample_lmbda(cfg, model, 2))
+    for n, p in model.named_parameters():
+        if n.startswith(("net.g_a.", "net.g_s.")):
+            assert id(p) not in in_groups and not p.requires_grad
+            assert torch.equal(p, before[n]), n
+    assert not torch.equal(model.net.h_a[0].weight, before["net.h_a.0.weight"])
+    with pytest.raises(ValueError, match="names no module"):
+        make_optimizers(tiny("mean-bm"), TrainConfig(model="mean-bm", frozen=["g_x"]))

@@ -68,6 +68,8 @@ class TrainConfig:
     val_real_images: int = 2
     log_every: int = 10
     init: str | None = None              # weights to start from (staged schedule)
+    frozen: list[str] | None = None      # modules not trained, e.g. [g_a, g_s]: train an
+                                         # entropy model on fixed, trained transforms
     init_parts: list[str] | None = None  # take only these modules from init, e.g. [g_a, g_s,
                                          # modulator, demodulator]: another architecture's
                                          # transforms; the rest keeps its fresh init

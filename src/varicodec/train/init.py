@@ -71,6 +71,7 @@ class InitResult:
     pretrained: dict | None = None
     lmbda_ref: float | None = None
     notes: list[str] = field(default_factory=list)
+    parts: list[str] | None = None
 
     def describe(self) -> str:
         """One line: where the model starts and what kept its fresh initialisation."""
@@ -84,6 +85,8 @@ class InitResult:
             at = f" (unit gain at λ={self.lmbda_ref:g})" if self.lmbda_ref else ""
             parts.append(" and ".join(mods) + at)
         fresh = ", ".join(parts) if parts else "nothing"
+        if self.parts:
+            fresh = f"everything but {', '.join(self.parts)}"
         return f"initialised from {self.spec}; kept fresh: {fresh}"
 
 
@@ -176,8 +179,7 @@ def load_init(model: VaricodecModel, spec: str | Path, progress: bool = True,
     result = InitResult(str(spec), pretrained=pretrained)
     if parts:
         state = _only_parts(state, list(parts), text)
-        result.notes.append(f"took only {', '.join(parts)} from {source_name}; everything "
-                            "else starts fresh")
+        result.parts = list(parts)
     result.kept_fresh = load_checked(model, state, f"--init {text}", source_name,
                                      partial=bool(parts))
     return result

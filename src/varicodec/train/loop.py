@@ -50,9 +50,16 @@ def build_model(cfg: TrainConfig) -> VaricodecModel:
 
 
 def _param_groups(model: VaricodecModel, cfg: TrainConfig) -> tuple[list[dict], list]:
+    """Adam's groups (main, gates, modulators) and the auxiliary parameters; the
+    modules the recipe freezes (``frozen``) are left out and stop requiring gradients."""
+    frozen = tuple(p for part in (cfg.frozen or ()) for p in (f"net.{part}.", f"{part}."))
+    if frozen and not any(n.startswith(frozen) for n, _ in model.named_parameters()):
+        raise ValueError(f"frozen: {cfg.frozen} names no module of {model.name}")
     gate, modulator, main, aux = [], [], [], []
     for n, p in model.named_parameters():
-        if n.endswith(".quantiles"):
+        if frozen and n.startswith(frozen):
+            p.requires_grad_(False)
+        elif n.endswith(".quantiles"):
             aux.append(p)
         elif ".gate." in n:
             gate.append(p)
