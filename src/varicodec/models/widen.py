@@ -52,17 +52,14 @@ def _convs_and_gdns(seq: nn.Module) -> list[nn.Module]:
 def _widen_conv(old: nn.Module, new: nn.Module, scale_new_out: float = 1.0,
                 new_out_bias: float | None = None) -> None:
     """Old block copied, new inputs cut from old outputs, new outputs fresh × scale."""
-    w = new.weight
-    transposed = isinstance(new, nn.ConvTranspose2d)   # weight: in × out × k × k
-    o, i = (old.weight.shape[1], old.weight.shape[0]) if transposed else old.weight.shape[:2]
-    if transposed:
-        w[:, o:] *= scale_new_out
-        w[i:, :o] = 0
-        w[:i, :o] = old.weight
-    else:
-        w[o:] *= scale_new_out
-        w[:o, i:] = 0
-        w[:o, :i] = old.weight
+    # out × in × k × k views: a transposed convolution stores in × out × k × k
+    transposed = isinstance(new, nn.ConvTranspose2d)
+    w = new.weight.transpose(0, 1) if transposed else new.weight
+    w_old = old.weight.transpose(0, 1) if transposed else old.weight
+    o, i = w_old.shape[:2]
+    w[o:] *= scale_new_out
+    w[:o, i:] = 0
+    w[:o, :i] = w_old
     if new.bias is not None:
         if new_out_bias is not None:
             new.bias[o:] = new_out_bias
