@@ -299,3 +299,20 @@ def test_paper_table_puts_every_architecture_in_one_table():
         in section
     assert "| mean |" not in section  # no ecg set, no row
     assert section.index("| hyperprior |") < section.index("| joint |")
+
+
+def test_table_sets_a_universal_ecgbm_against_its_bm_twin():
+    """ECG on the universal model: an ecgbm result against the bm result of its
+    architecture, λ by λ, without any fixed-rate set; other architectures' bm not used."""
+    rates, psnrs = [0.15, 0.25, 0.4, 0.6], [28.0, 30.0, 32.0, 34.0]
+    bm = _fake("mean-bm", "mean", "bm", rates, psnrs, flops=[6e9] * 4)
+    ecgbm = _fake("mean-ecgbm", "mean", "ecgbm", [1.1 * r for r in rates],
+                  [p * 0.98 for p in psnrs], flops=[3e9] * 4,
+                  sparsity={"net.g_a.2": 0.5, "net.g_s.0": 0.5})
+    other = _fake("joint-bm", "joint", "bm", rates, psnrs, flops=[1e9] * 4)
+    text = make_tables([bm, ecgbm, other])
+    section = text.split("## Against the dense models, λ by λ")[1].split("\n## ")[0]
+    assert section.count("\n### ") == 1 and "### mean: mean-ecgbm against mean-bm" in section
+    assert "| 1.00 | 0.0018 | 0.150 | 0.165 | 28.00 | 27.44 | 2.00 | 2.00 | 2.00 | 2.00 | " \
+        "0.500 |" in section
+    assert "BD-rate against mean-bm: +" in section

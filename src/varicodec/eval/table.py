@@ -10,10 +10,11 @@ Sections (each appears when its inputs are present):
    ``ecg`` set: PSNR drop % and FLOP reduction × per quality 1–8 (and the mean
    sparsity), each row next to the poster's row of the same architecture
    (:data:`POSTER_TABLE`), the layout of the poster's Table 1.
-3. **Against the dense fixed-rate models, λ by λ** — for each architecture,
-   every ``ecg``, ``bm`` and ``ecgbm`` result against the ``base`` set, per quality (points
-   matched by λ): PSNR drop in %, FLOP reduction × (encoder, decoder, both),
-   mean sparsity over gated layers; the paper's Table 1.
+3. **Against the dense models, λ by λ** — for each architecture, every ``ecg``,
+   ``bm`` and ``ecgbm`` result against the ``base`` set, and ``ecgbm`` against ``bm``
+   (ECG on the universal model), per quality (points matched by λ): PSNR drop in %, FLOP
+   reduction × (encoder, decoder, both), mean sparsity over gated layers; the paper's
+   Table 1.
 4. **Variable rate against the fixed set** — each variable-rate model
    (``bm``, ``ecgbm``) against ``base`` (and ``ecg``) of its architecture:
    BD-rate, BD-PSNR, and the storage saving of one model against the fixed
@@ -127,41 +128,50 @@ def _curves_section(results: Sequence[dict], anchor: dict | None) -> list[str]:
     return lines + [""]
 
 
+#: (dense, other) variant pairs of :func:`_gating_section`: everything against the dense
+#: fixed-rate set, and the universal gated model against its dense universal twin.
+_GATING_PAIRS = (("base", "ecg"), ("base", "bm"), ("base", "ecgbm"), ("bm", "ecgbm"))
+
+
 def _gating_section(by_key: dict[tuple[str, str], dict]) -> list[str]:
     lines: list[str] = []
     for (arch, variant), gated in by_key.items():
-        if variant not in ("ecg", "bm", "ecgbm") or (arch, "base") not in by_key:
-            continue
-        base = by_key[(arch, "base")]
-        pairs = _match(base, gated)
-        if not pairs:
-            continue
-        if not lines:
-            lines = ["## Against the dense fixed-rate models, λ by λ", ""]
-        lines += [
-            f"### {arch}: {gated['label']} against {base['label']}", "",
-            "| q | λ | bpp base | bpp | PSNR base (dB) | PSNR (dB) | PSNR drop % | "
-            "FLOP × enc | FLOP × dec | FLOP × total | sparsity | time × enc | time × dec |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for b, p in pairs:
-            drop = ((b["psnr_db"] - p["psnr_db"]) / b["psnr_db"] * 100
-                    if b.get("psnr_db") and p.get("psnr_db") else None)
-            tot_b = (b.get("encoder_flops") or 0) + (b.get("decoder_flops") or 0)
-            tot_p = (p.get("encoder_flops") or 0) + (p.get("decoder_flops") or 0)
-            lines.append(
-                f"| {_f(p.get('quality'), '.2f')} | {p['lmbda']:.4g} | {_f(b.get('bpp'), '.3f')} | "
-                f"{_f(p.get('bpp'), '.3f')} | {_f(b.get('psnr_db'), '.2f')} | "
-                f"{_f(p.get('psnr_db'), '.2f')} | {_f(drop, '.2f')} | "
-                f"{_f(_ratio(b.get('encoder_flops'), p.get('encoder_flops')), '.2f')} | "
-                f"{_f(_ratio(b.get('decoder_flops'), p.get('decoder_flops')), '.2f')} | "
-                f"{_f(_ratio(tot_b, tot_p), '.2f')} | {_f(p.get('sparsity_mean'), '.3f')} | "
-                f"{_f(_ratio(b.get('encode_s'), p.get('encode_s')), '.2f')} | "
-                f"{_f(_ratio(b.get('decode_s'), p.get('decode_s')), '.2f')} |"
-            )
-        rate, dpsnr = _bd(base, gated)
-        lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f', ' %')}, "
-                  f"BD-PSNR {_f(dpsnr, '+.3f', ' dB')}.", ""]
+        for dense_variant, other in _GATING_PAIRS:
+            if variant == other and (arch, dense_variant) in by_key:
+                lines += _gating_pair(arch, by_key[(arch, dense_variant)], gated)
+    if lines:
+        lines = ["## Against the dense models, λ by λ", "", *lines]
+    return lines
+
+
+def _gating_pair(arch: str, base: dict, gated: dict) -> list[str]:
+    pairs = _match(base, gated)
+    if not pairs:
+        return []
+    lines = [
+        f"### {arch}: {gated['label']} against {base['label']}", "",
+        "| q | λ | bpp base | bpp | PSNR base (dB) | PSNR (dB) | PSNR drop % | "
+        "FLOP × enc | FLOP × dec | FLOP × total | sparsity | time × enc | time × dec |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b, p in pairs:
+        drop = ((b["psnr_db"] - p["psnr_db"]) / b["psnr_db"] * 100
+                if b.get("psnr_db") and p.get("psnr_db") else None)
+        tot_b = (b.get("encoder_flops") or 0) + (b.get("decoder_flops") or 0)
+        tot_p = (p.get("encoder_flops") or 0) + (p.get("decoder_flops") or 0)
+        lines.append(
+            f"| {_f(p.get('quality'), '.2f')} | {p['lmbda']:.4g} | {_f(b.get('bpp'), '.3f')} | "
+            f"{_f(p.get('bpp'), '.3f')} | {_f(b.get('psnr_db'), '.2f')} | "
+            f"{_f(p.get('psnr_db'), '.2f')} | {_f(drop, '.2f')} | "
+            f"{_f(_ratio(b.get('encoder_flops'), p.get('encoder_flops')), '.2f')} | "
+            f"{_f(_ratio(b.get('decoder_flops'), p.get('decoder_flops')), '.2f')} | "
+            f"{_f(_ratio(tot_b, tot_p), '.2f')} | {_f(p.get('sparsity_mean'), '.3f')} | "
+            f"{_f(_ratio(b.get('encode_s'), p.get('encode_s')), '.2f')} | "
+            f"{_f(_ratio(b.get('decode_s'), p.get('decode_s')), '.2f')} |"
+        )
+    rate, dpsnr = _bd(base, gated)
+    lines += ["", f"BD-rate against {base['label']}: {_f(rate, '+.2f', ' %')}, "
+              f"BD-PSNR {_f(dpsnr, '+.3f', ' dB')}.", ""]
     return lines
 
 
