@@ -9,7 +9,8 @@ sequential order, version 4 = wavefront order; header and CRC included) and of t
 stream alone (the part the coding order changes: version 4 files also carry a shorter,
 hash-coded guard stream, issue 14), the PSNR of each reconstruction, and the synthesis
 ``g_s`` (NCHW as the sequential decoder runs it, and channels-last as the wavefront
-decoder runs it) and analysis ``g_a`` alone (floors under
+decoder runs it) and analysis ``g_a`` alone (in the layout both encoders run it in,
+channels-last on the CPU since ``VaricodecModel._analysis_layout``; floors under
 both decoders and both encoders: "ceiling" = sequential seconds / floor, the speed-up
 of a coder whose entropy coding cost nothing)::
 
@@ -161,9 +162,10 @@ def measure(model, fp: bytes, rgb: np.ndarray, x: torch.Tensor, repeats: int,
             t0 = time.perf_counter()
             torch.nn.Sequential.forward(model.net.g_s, y_hat)
             synth_cl.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            torch.nn.Sequential.forward(model.net.g_a, x)
-            analysis.append(time.perf_counter() - t0)
+            with model._analysis_layout(x) as xa:   # the layout both encoders run it in
+                t0 = time.perf_counter()
+                torch.nn.Sequential.forward(model.net.g_a, xa)
+                analysis.append(time.perf_counter() - t0)
     res: dict = {}
     for order in ORDERS:
         res[order] = {"encode_s": round(median(times[order]["enc"]), 3),

@@ -151,6 +151,9 @@ class VaricodecModel(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.compiled = False
         self.fp32_output_layers = False
+        #: the encoder's ``g_a`` layout on the CPU (:meth:`_analysis_layout`); ``False``
+        #: runs it NCHW (for comparisons: benchmarks/analysis_layout.py)
+        self.analysis_channels_last = True
         self._lmbda: Tensor | None = None
         self._y_hat: Tensor | None = None
         self.net.g_s.register_forward_pre_hook(self._capture_latent)
@@ -326,7 +329,7 @@ class VaricodecModel(nn.Module):
         reuses that latent (rate control codes one image at many λ this way).
         """
         self._check_image(x)
-        with torch.no_grad():
+        with torch.no_grad(), self._analysis_layout(x) as x:
             y = nn.Sequential.forward(self.net.g_a, x)  # the plain transform, no hooks
         original = self.net.g_a
         post = (lambda t: self._modulate(original, (), t)) if self.variable_rate else (lambda t: t)
@@ -335,6 +338,31 @@ class VaricodecModel(nn.Module):
             yield
         finally:
             self.net.g_a = original
+
+    @contextmanager
+    def _analysis_layout(self, x: Tensor) -> Iterator[Tensor]:
+        """``x`` in the layout the encoder runs ``g_a`` in; inside the block ``g_a``'s
+        convolutions run in that layout too.
+
+        On the CPU a dense ``g_a`` runs channels-last, input and weights: oneDNN's
+        channels-last kernels are about 1.4× faster there than NCHW ones
+        (docs/results/joint-speed.md). Every encoder path (:meth:`compress` in both
+        coding orders, :meth:`cached_analysis`) comes through here, so all of them
+        compute the same ``y``. Gated transforms keep their own layout (their sparse
+        path chooses it per layer), and so do models on other devices.
+        """
+        convs = [m for m in self.net.g_a.modules() if type(m) is nn.Conv2d]
+        if (not self.analysis_channels_last or x.device.type != "cpu" or not convs
+                or gates_of(self.net.g_a)):
+            yield x
+            return
+        for m in convs:
+            m.forward = _ChannelsLastConv(m)
+        try:
+            yield x.contiguous(memory_format=torch.channels_last)
+        finally:
+            for m in convs:
+                del m.forward
 
     # ---------------------------------------------------------- real coding
     def _hs_gates(self) -> list[EnergyChannelGate]:
@@ -398,7 +426,8 @@ class VaricodecModel(nn.Module):
         f = self.downsampling_factor
         per_item = self._latents_per_item((x.shape[2] // f, x.shape[3] // f))
         with self._at(lm), _IndexGuard(gc, margin=index_margin, per_item=per_item,
-                                       mode=guard_mode) as guard:
+                                       mode=guard_mode) as guard, \
+                self._analysis_layout(x) as x:
             out = self._coder(order).compress(x)
         strings = list(out["strings"])
         batch = x.shape[0]
@@ -973,6 +1002,18 @@ class _Float32Forward:
     def __call__(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return self.forward(x.float())
+
+
+class _ChannelsLastConv:
+    """The forward of a plain ``nn.Conv2d`` on a channels-last copy of its weight
+    (taken once, when made): :meth:`VaricodecModel._analysis_layout`."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        self.conv = conv
+        self.weight = conv.weight.contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.conv._conv_forward(x, self.weight, self.conv.bias)
 
 
 class _CachedLatent(nn.Module):
