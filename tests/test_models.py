@@ -195,3 +195,26 @@ def test_encoder_runs_a_dense_analysis_channels_last(name):
     torch.testing.assert_close(yc, y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
     out = model.decompress(nchw["strings"], nchw["shape"], nchw.get("lmbda_code"))
     assert out["x_hat"].shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["hyperprior-bm", "mean-base"])
+def test_decoder_hands_a_dense_synthesis_channels_last_input(name):
+    """On the CPU a dense g_s gets its input channels-last while decompress runs (faster
+    in oneDNN), returns the image in the standard layout, gives the NCHW decoder's
+    picture, and the hooks go when decompress ends."""
+    model = tiny_model(name)
+    x = texture()
+    kw = {"lmbda": 0.01} if model.variable_rate else {}
+    coded = model.compress(x, **kw)
+    seen = []
+    probe = model.net.g_s[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    hooks = (len(model.net.g_s._forward_pre_hooks), len(model.net.g_s._forward_hooks))
+    fast = model.decompress(coded["strings"], coded["shape"], coded.get("lmbda_code"))
+    model.synthesis_channels_last = False
+    plain = model.decompress(coded["strings"], coded["shape"], coded.get("lmbda_code"))
+    probe.remove()
+    assert seen == [True, False]
+    assert (len(model.net.g_s._forward_pre_hooks), len(model.net.g_s._forward_hooks)) == hooks
+    assert fast["x_hat"].is_contiguous() and fast["y_hat"].is_contiguous()
+    torch.testing.assert_close(fast["x_hat"], plain["x_hat"], rtol=0, atol=1e-5)

@@ -151,9 +151,11 @@ class VaricodecModel(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.compiled = False
         self.fp32_output_layers = False
-        #: the encoder's ``g_a`` layout on the CPU (:meth:`_analysis_layout`); ``False``
-        #: runs it NCHW (for comparisons: benchmarks/analysis_layout.py)
+        #: the encoder's ``g_a`` and the decoder's ``g_s`` layout on the CPU
+        #: (:meth:`_analysis_layout`, :meth:`_synthesis_layout`); ``False`` runs them
+        #: NCHW (for comparisons: benchmarks/layout.py)
         self.analysis_channels_last = True
+        self.synthesis_channels_last = True
         self._lmbda: Tensor | None = None
         self._y_hat: Tensor | None = None
         self.net.g_s.register_forward_pre_hook(self._capture_latent)
@@ -364,6 +366,31 @@ class VaricodecModel(nn.Module):
             for m in convs:
                 del m.forward
 
+    @contextmanager
+    def _synthesis_layout(self) -> Iterator[None]:
+        """Inside the block a dense ``g_s`` on the CPU takes its input channels-last
+        (and returns the image in the standard layout): oneDNN's channels-last
+        transposed convolutions are 1.4-1.9× faster, with the same output in every
+        check (docs/results/layout.md). The wavefront decoder hands ``g_s``
+        a channels-last latent anyway; gated transforms choose their layout per layer."""
+        g_s = self.net.g_s
+        param = next(g_s.parameters(), None)
+        if (not self.synthesis_channels_last or param is None or param.device.type != "cpu"
+                or gates_of(g_s)):
+            yield
+            return
+        handles = [
+            g_s.register_forward_pre_hook(
+                lambda m, args: (args[0].contiguous(memory_format=torch.channels_last),
+                                 *args[1:])),
+            g_s.register_forward_hook(lambda m, args, out: out.contiguous()),
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
     # ---------------------------------------------------------- real coding
     def _hs_gates(self) -> list[EnergyChannelGate]:
         return [g for _, g in gates_of(self.net.h_s)]
@@ -507,7 +534,7 @@ class VaricodecModel(nn.Module):
         gc = self.net.gaussian_conditional
         try:
             with self._at(lm), _IndexGuard(gc, forced=forced, per_item=per_item,
-                                           hashed=hashed) as guard:
+                                           hashed=hashed) as guard, self._synthesis_layout():
                 out = self._coder(order).decompress(list(strings[:2]), shape)
         finally:
             for g in self._hs_gates():

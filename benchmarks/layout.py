@@ -1,16 +1,21 @@
-"""The encoder's analysis layout: ``g_a`` channels-last (the default on the CPU) against
-NCHW, on the same model and images, in one run.
+"""The CPU layouts of the transforms: ``g_a`` (encoder) and ``g_s`` (decoder)
+channels-last, the default on the CPU, against NCHW, on the same model and images, in
+one run.
 
 ``VaricodecModel`` runs a dense ``g_a`` channels-last on the CPU (input and weights,
-:meth:`VaricodecModel._analysis_layout`); ``model.analysis_channels_last = False`` runs it
-NCHW as before. Both layouts compute the same transform in another summation order, so
-``y`` differs by a few float32 ulp and a latent that lies that close to a rounding
-boundary can round the other way. This measures both sides: encode time (whole
-``compress``, the two layouts interleaved after a warm-up, medians) and how many files
-come out with other bytes, with their rate and PSNR::
+:meth:`VaricodecModel._analysis_layout`) and hands a dense ``g_s`` its input
+channels-last (:meth:`VaricodecModel._synthesis_layout`);
+``model.analysis_channels_last = False`` / ``model.synthesis_channels_last = False``
+run them NCHW as before. Another layout is another summation order: ``y`` differs by a
+few float32 ulp, so a latent that lies that close to a rounding boundary can round the
+other way (other bytes), and ``x̂`` may differ in its last bits. This measures both
+sides: encode and decode time (whole ``compress`` / ``decompress``, the two layouts
+interleaved after a warm-up, medians), how many files come out with other streams
+(their rate and PSNR), and how far the decoded pixels of one file move between the two
+decoder layouts::
 
-    python benchmarks/analysis_layout.py src/varicodec/weights/hyperprior-bm.safetensors \\
-        --qualities 1 4 8 -o docs/results/analysis-layout/hyperprior-bm.json
+    python benchmarks/layout.py src/varicodec/weights/hyperprior-bm.safetensors \
+        --qualities 1 4 8 -o docs/results/layout/hyperprior-bm.json
 
 Images are read from outside the repository (../shared/data/kodak); nothing is copied.
 """
@@ -55,7 +60,7 @@ def main(argv=None) -> int:
 
     images = sorted(a.data.glob("*.png"))[: a.limit]
     if not images:
-        print(f"analysis_layout: no images in {a.data}: nothing measured", file=sys.stderr)
+        print(f"layout: no images in {a.data}: nothing measured", file=sys.stderr)
         return 1
     torch.set_num_threads(a.threads)
     model = load_model(a.weights)
@@ -70,40 +75,61 @@ def main(argv=None) -> int:
         coded = model.compress(x, **kw)
         return coded, time.perf_counter() - t
 
+    def decode(coded, layout):
+        model.synthesis_channels_last = layouts[layout]
+        t = time.perf_counter()
+        out = model.decompress(coded["strings"], coded["shape"], coded.get("lmbda_code"))
+        return out["x_hat"], time.perf_counter() - t
+
     with torch.inference_mode():
         x0 = pad_to_multiple(to_tensor(load_rgb(images[0])), 64)
         for layout in layouts:                                   # warm-up
-            encode(x0, settings[0], layout)
+            decode(encode(x0, settings[0], layout)[0], layout)
         for i, path in enumerate(images):
             rgb = load_rgb(path)
             x = pad_to_multiple(to_tensor(rgb), 64)
             for kw in settings:
-                times = {k: [] for k in layouts}
-                coded = {}
+                times = {k: {"enc": [], "dec": []} for k in layouts}
+                coded, x_hat = {}, {}
                 for r in range(a.reps):
                     order = list(layouts) if (i + r) % 2 == 0 else list(layouts)[::-1]
                     for layout in order:
                         coded[layout], t = encode(x, kw, layout)
-                        times[layout].append(t)
+                        times[layout]["enc"].append(t)
+                    for layout in order:   # the same file, both decoder layouts
+                        x_hat[layout], t = decode(coded["channels_last"], layout)
+                        times[layout]["dec"].append(t)
                 row = {"image": path.name, "lmbda": kw.get("lmbda", model.lmbda)}
                 for layout, c in coded.items():
-                    dec = model.decompress(c["strings"], c["shape"], c.get("lmbda_code"))
-                    rec = to_uint8(dec["x_hat"][..., :rgb.shape[0], :rgb.shape[1]])
-                    row[layout] = {"encode_s": round(median(times[layout]), 4),
+                    rec = to_uint8(x_hat[layout][..., :rgb.shape[0], :rgb.shape[1]])
+                    own, _ = decode(c, "channels_last")
+                    own = to_uint8(own[..., :rgb.shape[0], :rgb.shape[1]])
+                    row[layout] = {"encode_s": round(median(times[layout]["enc"]), 4),
+                                   "decode_s": round(median(times[layout]["dec"]), 4),
                                    "bytes": sum(len(s[0]) for s in c["strings"]),
-                                   "psnr_db": round(psnr_db(rgb, rec), 4)}
+                                   "psnr_db": round(psnr_db(rgb, own), 4)}
+                    row[layout]["decoded"] = rec
+                a_, b_ = (row[k].pop("decoded").astype(int) for k in layouts)
+                row["decoder_max_pixel_diff"] = int(abs(a_ - b_).max())
                 row["same_streams"] = coded["channels_last"]["strings"] == \
                     coded["nchw"]["strings"]
                 rows.append(row)
-                print(f"{path.name} λ={row['lmbda']:.4g}: NCHW {row['nchw']['encode_s']:.3f} s, "
-                      f"channels-last {row['channels_last']['encode_s']:.3f} s, "
-                      f"same streams: {row['same_streams']}", file=sys.stderr)
-    speedups = [r["nchw"]["encode_s"] / r["channels_last"]["encode_s"] for r in rows]
+                print(f"{path.name} λ={row['lmbda']:.4g}: encode NCHW "
+                      f"{row['nchw']['encode_s']:.3f} s / channels-last "
+                      f"{row['channels_last']['encode_s']:.3f} s, decode "
+                      f"{row['nchw']['decode_s']:.3f} / {row['channels_last']['decode_s']:.3f}"
+                      f" s, same streams: {row['same_streams']}, decoders' largest pixel "
+                      f"difference {row['decoder_max_pixel_diff']}", file=sys.stderr)
+    enc = [r["nchw"]["encode_s"] / r["channels_last"]["encode_s"] for r in rows]
+    dec = [r["nchw"]["decode_s"] / r["channels_last"]["decode_s"] for r in rows]
     differ = [r for r in rows if not r["same_streams"]]
     summary = {
         "files": len(rows), "files_with_other_streams": len(differ),
-        "encode_speedup_median": round(median(speedups), 3),
-        "encode_speedup_range": [round(min(speedups), 3), round(max(speedups), 3)],
+        "encode_speedup_median": round(median(enc), 3),
+        "encode_speedup_range": [round(min(enc), 3), round(max(enc), 3)],
+        "decode_speedup_median": round(median(dec), 3),
+        "decode_speedup_range": [round(min(dec), 3), round(max(dec), 3)],
+        "decoders_max_pixel_diff": max(r["decoder_max_pixel_diff"] for r in rows),
         "bytes_change_of_differing_files": [
             r["channels_last"]["bytes"] - r["nchw"]["bytes"] for r in differ],
         "psnr_change_db_of_differing_files": [
