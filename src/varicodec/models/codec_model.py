@@ -348,7 +348,7 @@ class VaricodecModel(nn.Module):
 
         On the CPU a dense ``g_a`` runs channels-last, input and weights: oneDNN's
         channels-last kernels are about 1.4× faster there than NCHW ones
-        (docs/results/joint-speed.md). Every encoder path (:meth:`compress` in both
+        (docs/results/layout.md). Every encoder path (:meth:`compress` in both
         coding orders, :meth:`cached_analysis`) comes through here, so all of them
         compute the same ``y``. Gated transforms keep their own layout (their sparse
         path chooses it per layer), and so do models on other devices.
