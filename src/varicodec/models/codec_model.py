@@ -359,7 +359,9 @@ class VaricodecModel(nn.Module):
             yield x
             return
         for m in convs:
-            m.forward = _ChannelsLastConv(m)
+            # y leaves in the standard layout: CompressAI's sequential joint loop slices
+            # it position by position, which is ~2× slower on a channels-last tensor
+            m.forward = _ChannelsLastConv(m, standard_output=m is convs[-1])
         try:
             yield x.contiguous(memory_format=torch.channels_last)
         finally:
@@ -1033,14 +1035,16 @@ class _Float32Forward:
 
 class _ChannelsLastConv:
     """The forward of a plain ``nn.Conv2d`` on a channels-last copy of its weight
-    (taken once, when made): :meth:`VaricodecModel._analysis_layout`."""
+    (taken once, when made), its output optionally back in the standard layout:
+    :meth:`VaricodecModel._analysis_layout`."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        self.conv = conv
+    def __init__(self, conv: nn.Conv2d, standard_output: bool = False) -> None:
+        self.conv, self.standard_output = conv, standard_output
         self.weight = conv.weight.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.conv._conv_forward(x, self.weight, self.conv.bias)
+        out = self.conv._conv_forward(x, self.weight, self.conv.bias)
+        return out.contiguous() if self.standard_output else out
 
 
 class _CachedLatent(nn.Module):
