@@ -12,7 +12,13 @@ the same bytes and pictures, so the ratios are the pure price of the size::
 
 Per image and thread count: one untimed warm-up round, then ``--reps`` rounds with the
 models interleaved; medians. FLOPs from what executes (``varicodec.eval.flops``), bytes
-from the real bitstream.
+from the real bitstream. A weights file given as ``PATH:nchw`` runs with its transforms
+in NCHW (``analysis_channels_last`` / ``synthesis_channels_last`` off: a dense model as
+CompressAI runs it, docs/results/layout.md), so one run can hold both layouts::
+
+    python benchmarks/size_speed.py checkpoints/gpu/hyperprior-bm-128.safetensors:nchw \
+        checkpoints/gpu/hyperprior-bm-128.safetensors \
+        src/varicodec/weights/hyperprior-ecgbm.safetensors --limit 4
 """
 
 from __future__ import annotations
@@ -64,7 +70,13 @@ def main(argv=None) -> int:
     xs = [pad_to_multiple(to_tensor(load_rgb(p)), 64) for p in images]
     models = {}
     for w in a.weights:
-        m = load_model(w)
+        path, _, layout = w.partition(":")
+        if layout not in ("", "nchw"):
+            print(f"size_speed: unknown layout {layout!r} in {w} (PATH or PATH:nchw)",
+                  file=sys.stderr)
+            return 2
+        m = load_model(path)
+        m.analysis_channels_last = m.synthesis_channels_last = layout != "nchw"
         kw = {"lmbda": a.lmbda} if m.variable_rate else {}
         models[w] = (m, kw)
     info = {}
