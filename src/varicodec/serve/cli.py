@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 
 __all__ = ["register"]
@@ -79,7 +80,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"varicodec serve: http://{shown}:{port}/  (model {model.name}; Ctrl-C stops)",
               flush=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        # uvicorn re-raises a captured Ctrl-C once it has shut down, but asyncio's runner
+        # can swallow it (seen under load: exit 0 after Ctrl-C); make it the CLI's 130
+        if signal.SIGINT in getattr(server, "_captured_signals", ()):
+            raise KeyboardInterrupt
     finally:
         sock.close()
     return 0
