@@ -191,6 +191,89 @@ def test_encode_default_kernels_decode_older_kernels_and_back(tmp_path, isa):
     assert np.abs(back - here).mean() < 1.0  # another encode (g_a noise), same image
 
 
+_HS_CHILD = r"""
+import sys, numpy as np, torch
+from varicodec.models import create_model
+model = create_model("mean-bm", N=64, M=96).eval()
+model.load_state_dict(torch.load(sys.argv[1]))
+z = torch.load(sys.argv[2])
+with torch.inference_mode():
+    plain = model.net.h_s(z)
+    with model._exact_hyper(True):
+        exact = model.net.h_s(z)
+np.savez(sys.argv[3], plain=plain.numpy(), exact=exact.numpy())
+"""
+
+
+def _hs_outputs(tmp_path, name: str, env: dict) -> dict:
+    out = tmp_path / f"{name}.npz"
+    subprocess.run([sys.executable, "-c", _HS_CHILD, str(tmp_path / "sd.pt"),
+                    str(tmp_path / "z.pt"), str(out)], env={**os.environ, **env},
+                   check=True, timeout=300)
+    return dict(np.load(out))
+
+
+def test_float64_h_s_gives_the_same_scales_under_older_kernels(tmp_path):
+    """Format version 5 runs a mean-scale or joint model's ``h_s`` in float64: the
+    same weights and ``ẑ`` give bit-identical outputs in processes that use the
+    default and the SSE4.1 / AVX2 kernels, where float32 ones differ (what made the
+    joint model's one measured desync). Weights are passed on: even the random
+    initialisation differs between those processes."""
+    from varicodec import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mean-bm", N=64, M=96)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    gen = torch.Generator().manual_seed(1)
+    torch.save(torch.randn(1, 64, 6, 8, generator=gen).mul(4).round(), tmp_path / "z.pt")
+    here = _hs_outputs(tmp_path, "default", {})
+    for isa, env in {"SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
+                     "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2",
+                              "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}.items():
+        there = _hs_outputs(tmp_path, isa, env)
+        assert np.array_equal(here["exact"], there["exact"]), isa
+        assert np.allclose(here["plain"], there["plain"], rtol=1e-4, atol=1e-5)
+        if torch.backends.cpu.get_cpu_capability() == "AVX512":
+            # the float32 kernels do differ here, so the check above has teeth
+            assert not np.array_equal(here["plain"], there["plain"]), isa
+
+
+@pytest.mark.parametrize("name", ["hyperprior-bm", "mean-bm", "joint-bm"])
+def test_exact_hyper_runs_h_s_in_float64_for_mean_and_joint(name, image):
+    from varicodec.models.codec_model import EXACT_HYPER_ARCHS
+
+    model = tiny(name).eval()
+    model.update()
+    seen = []
+    hook = model.net.h_s[0].register_forward_hook(
+        lambda m, args, out: seen.append(args[0].dtype))
+    try:
+        coded = model.compress(image, lmbda=0.02)
+        assert seen == [torch.float64 if model.arch in EXACT_HYPER_ARCHS else torch.float32]
+        old = model.compress(image, lmbda=0.02, exact_hyper=False)  # versions 1-4
+        assert seen[-1] == torch.float32
+    finally:
+        hook.remove()
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # h_s restored
+    assert model.net.h_s.__class__.__name__ == "Sequential"
+    for c, exact in ((coded, True), (old, False)):
+        out = model.decompress(c["strings"], c["shape"], c["lmbda_code"], exact_hyper=exact)
+        assert out["x_hat"].shape == image.shape
+
+
+def test_float64_h_s_copy_follows_the_weights(image):
+    model = tiny("mean-bm").eval()
+    with model._exact_hyper(True):
+        first = model.net.h_s(torch.ones(1, model.config["N"], 2, 2))
+    with torch.no_grad():
+        model.net.h_s[0].bias.add_(1.0)
+    with model._exact_hyper(True):
+        second = model.net.h_s(torch.ones(1, model.config["N"], 2, 2))
+    plain = model.net.h_s(torch.ones(1, model.config["N"], 2, 2))
+    assert not torch.equal(first, second)
+    assert torch.allclose(second, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_nearest_boundary_at_and_beyond_the_table_ends():
     table = torch.tensor([0.11, 0.2, 0.4, 0.8])
     scales = torch.tensor([0.05, 0.11, 0.21, 0.59, 0.61, 0.8, 5.0])

@@ -201,7 +201,8 @@ def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
                               f"guard stream, which only version {HASH_GUARD_VERSION} writes")
         strings.append([c.guard])
     try:
-        out = model.decompress(strings, (zh, zw), c.lmbda_code, order=c.coding_order)
+        out = model.decompress(strings, (zh, zw), c.lmbda_code, order=c.coding_order,
+                               exact_hyper=c.exact_hyper)
     except (ValueError, RuntimeError, IndexError, OverflowError) as e:
         raise FormatError(f"cannot decode the entropy-coded streams ({e})") from None
     x_hat = out["x_hat"][..., : c.height, : c.width]

@@ -4,7 +4,7 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
 
     offset  size  field
     0       3     magic  b"VCD"
-    3       1     format version (4; versions 1 to 3 are still read)
+    3       1     format version (5; versions 1 to 4 are still read)
     4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream; bits 3-7 zero
     5       1     model id (registry name, table MODEL_IDS)
     6       8     weights fingerprint (varicodec.models.weights_fingerprint)
@@ -33,7 +33,10 @@ position-by-position order (:attr:`Container.coding_order`).
 Version 4 has version 3's layout; its guard stream may name the guarded latents by a
 short hash instead of their positions (*hash mode*, marked by the byte after the
 count; docs/FORMAT.md), which a version 3 reader would reject as malformed. Only
-version 4 writes hash mode, and a version 2-3 file that holds it is refused as corrupted.
+version 4 on writes hash mode, and a version 2-3 file that holds it is refused as corrupted.
+Version 5 has version 4's layout; in it the ``h_s`` of a mean-scale or joint model was
+run in float64 (:attr:`Container.exact_hyper`, ``EXACT_HYPER_ARCHS`` in
+``varicodec.models.codec_model``); hyperprior files differ only in this byte.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -64,10 +67,10 @@ __all__ = [
 ]
 
 MAGIC = b"VCD"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: versions this reader decodes; version 1 has no guard stream (no symbol check);
-#: version 4 may hold a hash-mode guard stream (varicodec.models.codec_model._hash_tail)
-READABLE_VERSIONS = (1, 2, 3, 4)
+#: version 4 on may hold a hash-mode guard stream (varicodec.models.codec_model._hash_tail)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 #: the first version whose joint-model y stream is in wavefront order
 #: (varicodec.models.wavefront); versions 1-2 hold CompressAI's sequential order.
 #: The layout is version 2's; hyperprior and mean files differ only in this byte.
@@ -75,6 +78,9 @@ WAVEFRONT_VERSION = 3
 #: the first version that may hold a hash-mode guard stream; an older file that holds
 #: one is malformed (its writer could not have made it)
 HASH_GUARD_VERSION = 4
+#: the first version whose mean-scale and joint models ran ``h_s`` in float64 (the
+#: kernels' float32 noise there passed the guard's margin; docs/results/portability.md)
+EXACT_HYPER_VERSION = 5
 
 #: registry name → model id byte, from the registry's append-only ``format_ids``
 MODEL_IDS: dict[str, int] = {
@@ -221,6 +227,12 @@ class Container:
         """The order of an autoregressive (joint) model's y symbols in this file, for
         ``VaricodecModel.decompress(order=…)``: ``"wavefront"`` or ``"sequential"``."""
         return "wavefront" if self.version >= WAVEFRONT_VERSION else "sequential"
+
+    @property
+    def exact_hyper(self) -> bool:
+        """Whether a mean-scale or joint model's ``h_s`` ran in float64 when this file
+        was written, for ``VaricodecModel.decompress(exact_hyper=…)``."""
+        return self.version >= EXACT_HYPER_VERSION
 
     @property
     def pixels(self) -> int:

@@ -71,6 +71,16 @@ CODING_ORDERS = ("wavefront", "sequential")
 #: (docs/results/portability.md), so 1e-5 leaves a factor of 2.3.
 INDEX_MARGIN = 1e-5
 
+#: Architectures whose ``h_s`` runs in float64 in ``compress`` / ``decompress`` (format
+#: version 5 on). Their ``h_s`` outputs Gaussian parameters that a float32 oneDNN
+#: convolution computes differently per CPU kernel set by up to 4.8e-5 relative (mean)
+#: and 3.7e-5 along the joint model's chain: past ``INDEX_MARGIN``, and it was the
+#: source of the one desync measured (docs/results/portability.md). In float64 the
+#: same ``h_s`` gave bit-identical scales under every kernel set tried, and the joint
+#: chain's other products (context model, entropy parameters) gave none either. The
+#: hyperprior's ``h_s`` (ReLU scales, 4.3e-6 at most) stays in float32.
+EXACT_HYPER_ARCHS = ("mean", "joint")
+
 
 def _full_float32(method):
     """Run a coding method in true float32 on a CUDA model: TF32 (cuDNN's default for
@@ -174,6 +184,30 @@ class VaricodecModel(nn.Module):
     @property
     def downsampling_factor(self) -> int:
         return int(self.net.downsampling_factor)
+
+    @contextmanager
+    def _exact_hyper(self, on: bool) -> Iterator[None]:
+        """Inside the block ``h_s`` runs in float64 (its output back in float32) if
+        ``on`` and the architecture is one of :data:`EXACT_HYPER_ARCHS`: ``net.h_s`` is
+        swapped for a module that calls the same layers (same gates, hooks and forced
+        masks) with float64 copies of their parameters, cached until they change."""
+        if not on or self.arch not in EXACT_HYPER_ARCHS:
+            yield
+            return
+        h_s = self.net.h_s
+        tensors = dict(h_s.named_parameters())
+        tensors.update(h_s.named_buffers())
+        key = tuple((n, t.data_ptr(), t._version, t.device) for n, t in tensors.items())
+        cached = getattr(self, "_hs_float64", None)
+        if cached is None or cached[0] != key:
+            cached = (key, {n: t.detach().double() if t.is_floating_point() else t
+                            for n, t in tensors.items()})
+            self._hs_float64 = cached
+        self.net.h_s = _Float64Forward(h_s, cached[1])
+        try:
+            yield
+        finally:
+            self.net.h_s = h_s
 
     def gates(self, prefix: str = "net.") -> list[tuple[str, EnergyChannelGate]]:
         """``(layer name, gate)`` pairs, in module order."""
@@ -416,7 +450,7 @@ class VaricodecModel(nn.Module):
     @_full_float32
     def compress(self, x: Tensor, lmbda: float | None = None,
                  index_margin: float = INDEX_MARGIN, order: str = "wavefront",
-                 guard_mode: str = "auto") -> dict:
+                 guard_mode: str = "auto", exact_hyper: bool = True) -> dict:
         """Entropy-code ``x``.
 
         Returns ``{"strings": [y, z] (+ [gates] if gated) + [guard], "shape": z's
@@ -431,7 +465,9 @@ class VaricodecModel(nn.Module):
         positions and hash mode, format version 4), ``"positions"`` (the layout of
         versions 2-3) or ``"hash"`` (hash mode wherever the coder shows the guard a
         whole batch element at once; for tests). CompressAI's sequential joint loop
-        decides index by index, so it always gets positions mode.
+        decides index by index, so it always gets positions mode. ``exact_hyper``:
+        run a mean or joint model's ``h_s`` in float64 (:data:`EXACT_HYPER_ARCHS`,
+        format version 5 on; ``False`` codes as versions 1-4 did).
         """
         self._check_image(x)
         code = None
@@ -456,7 +492,7 @@ class VaricodecModel(nn.Module):
         per_item = self._latents_per_item((x.shape[2] // f, x.shape[3] // f))
         with self._at(lm), _IndexGuard(gc, margin=index_margin, per_item=per_item,
                                        mode=guard_mode) as guard, \
-                self._analysis_layout(x) as x:
+                self._analysis_layout(x) as x, self._exact_hyper(exact_hyper):
             out = self._coder(order).compress(x)
         strings = list(out["strings"])
         batch = x.shape[0]
@@ -497,14 +533,15 @@ class VaricodecModel(nn.Module):
     @torch.no_grad()
     @_full_float32
     def decompress(self, strings: list[list[bytes]], shape, lmbda_code: int | None = None,
-                   order: str = "wavefront") -> dict:
+                   order: str = "wavefront", exact_hyper: bool = True) -> dict:
         """Inverse of :meth:`compress`. Returns ``{"x_hat", "y_hat"}``.
 
         ``y_hat`` is the entropy-decoded latent (before the inverse modulator).
         Without the guard stream (files of format version 1) the indexes are all
         recomputed and nothing is checked; with it, a decode whose symbols do not
         match the encoder's raises :class:`~varicodec.errors.DesyncError`. ``order``:
-        the joint model's coding order, as given to :meth:`compress`.
+        the joint model's coding order, and ``exact_hyper``, as given to
+        :meth:`compress`.
         """
         n_streams = 3 if self.gated else 2
         if len(strings) not in (n_streams, n_streams + 1):
@@ -536,7 +573,8 @@ class VaricodecModel(nn.Module):
         gc = self.net.gaussian_conditional
         try:
             with self._at(lm), _IndexGuard(gc, forced=forced, per_item=per_item,
-                                           hashed=hashed) as guard, self._synthesis_layout():
+                                           hashed=hashed) as guard, self._synthesis_layout(), \
+                    self._exact_hyper(exact_hyper):
                 out = self._coder(order).decompress(list(strings[:2]), shape)
         finally:
             for g in self._hs_gates():
@@ -1020,6 +1058,21 @@ class _AutocastForward:
         with torch.autocast(x.device.type, dtype=self.dtype):
             out = self.forward(x)
         return out.float()
+
+
+class _Float64Forward(nn.Module):
+    """``module`` called with the float64 tensors ``params`` in place of its own
+    parameters and buffers (``torch.func.functional_call``), on a float64 copy of
+    the input; the output comes back in the input's dtype."""
+
+    def __init__(self, module: nn.Module, params: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.inner = module
+        self.params = params
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.func.functional_call(self.inner, self.params, (x.double(),))
+        return out.to(x.dtype)
 
 
 class _Float32Forward:
