@@ -184,10 +184,12 @@ def cmd_time(a: argparse.Namespace) -> None:
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
             # the baseline is what decoding did before the guard: a file coded without
-            # it (index_margin=0), no guard stream, no symbol check. (A guarded file
+            # it (index_margin=0), no guard stream, no symbol check, and (format version
+            # 5's other guard) a mean or joint model's h_s in float32. (A guarded file
             # decoded without its guard stream would desynchronise: not a baseline.)
             c = Container.unpack(encode_image(p, m, quality=q, compute_psnr=False).data)
-            u = Container.unpack(_encode(encode_image, m, p, q, {"index_margin": 0.0}))
+            u = Container.unpack(_encode(encode_image, m, p, q,
+                                         {"index_margin": 0.0, "exact_hyper": False}))
             zh, zw = _z_shape(m, c.width, c.height)
             n_y = m.config["M"] * zh * zw * 16
             with_guard = [[_guarded(c.y, n_y)], [c.z]] + ([[c.side]] if m.gated else [])
@@ -200,7 +202,8 @@ def cmd_time(a: argparse.Namespace) -> None:
                     pairs = [("guard", with_guard), ("none", base)]
                     for key, strings in (pairs if i % 2 else pairs[::-1]):
                         t0 = time.perf_counter()
-                        m.decompress(strings, (zh, zw), c.lmbda_code)
+                        m.decompress(strings, (zh, zw), c.lmbda_code,
+                                     exact_hyper=key == "guard")
                         times[key].append(time.perf_counter() - t0)
             g, n = float(np.median(times["guard"])), float(np.median(times["none"]))
             # the guard's own decoder work, alone: parse the stream, CRC the symbols and,
@@ -224,7 +227,10 @@ def cmd_time(a: argparse.Namespace) -> None:
                          "guard_work_pct": 100 * work / n})
             print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
     ov = [r["overhead_pct"] for r in rows]
+    from varicodec.models.codec_model import EXACT_HYPER_ARCHS
+
     _emit({"model": m.name, "threads": a.threads, "repeats": a.repeats,
+           "float64_h_s": m.arch in EXACT_HYPER_ARCHS,
            "mean_overhead_pct": float(np.mean(ov)),
            "total_overhead_pct": 100 * (sum(r["guard_s"] for r in rows)
                                         / sum(r["none_s"] for r in rows) - 1),
