@@ -90,6 +90,7 @@ def cmd_rate(a: argparse.Namespace) -> None:
     import varicodec.models.codec_model as cm
     from varicodec.codec.api import _z_shape, encode_image
     from varicodec.codec.format import Container
+    from varicodec.quality import QUALITY_LMBDAS, quality_to_lmbda
 
     m = _model(a.model)
     seen: list[np.ndarray] = []
@@ -104,15 +105,20 @@ def cmd_rate(a: argparse.Namespace) -> None:
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
             seen.clear()
-            r = encode_image(p, m, quality=q, compute_psnr=False)
-            c = Container.unpack(r.data)
+            if a.margin is None:
+                data = encode_image(p, m, quality=q, compute_psnr=False).data
+            else:  # another margin: fixed, or a.margin·(λ / λ_min)^½ with --lambda-scaled
+                lm = quality_to_lmbda(q)
+                margin = a.margin * ((lm / QUALITY_LMBDAS[0]) ** 0.5 if a.lambda_scaled else 1)
+                data = _encode(encode_image, m, p, q, {"index_margin": margin})
+            c = Container.unpack(data)
             guard = len(c.guard or b"")
             per_item = m._latents_per_item(_z_shape(m, c.width, c.height))
             _, named = cm._unpack_guard(c.guard or bytes(4), per_item)
             hashed = isinstance(named, cm._HashSet)
             old_guard = 4 + (len(cm._positions_tail(seen[0])) if seen else 0)
             assert len(seen) <= 1 and (hashed or old_guard == guard)
-            rest = len(r.data) - guard - 1
+            rest = len(data) - guard - 1
             extra = {}
             if a.positions_encode:  # the whole file in positions mode: y stream too
                 old = Container.unpack(_encode(encode_image, m, p, q,
@@ -121,7 +127,7 @@ def cmd_rate(a: argparse.Namespace) -> None:
                          "positions_file_guard_bytes": len(old.guard or b"")}
             rows.append({
                 **extra,
-                "image": p.stem, "quality": q, "bytes": len(r.data), "guard_bytes": guard,
+                "image": p.stem, "quality": q, "bytes": len(data), "guard_bytes": guard,
                 "guarded_latents": len(seen[0]) if seen else 0,
                 "mode": "hash" if hashed else "positions",
                 "hash_bits": named.bits if hashed else None,
@@ -130,7 +136,7 @@ def cmd_rate(a: argparse.Namespace) -> None:
                 "positions_guard_bytes": old_guard,
                 "positions_overhead_pct": 100 * (old_guard + 1) / rest,
             })
-            print(f"{p.stem} q{q}: {len(r.data)} B, guard {guard} B "
+            print(f"{p.stem} q{q}: {len(data)} B, guard {guard} B "
                   f"({'hash' if hashed else 'positions'}; positions mode {old_guard} B)",
                   file=sys.stderr)
     cm._choose_hash = choose
@@ -148,7 +154,9 @@ def cmd_rate(a: argparse.Namespace) -> None:
             "positions_mean_guard_bytes": float(np.mean([r["positions_guard_bytes"]
                                                          for r in sel])),
         }
-    _emit({"model": m.name, "fingerprint": _fingerprint(m), "margin": _margin(),
+    _emit({"model": m.name, "fingerprint": _fingerprint(m),
+           "margin": _margin() if a.margin is None else a.margin,
+           "lambda_scaled_margin": bool(a.lambda_scaled),
            "per_quality": per_q, "rows": rows}, a.output)
 
 
@@ -490,6 +498,10 @@ def main(argv: list[str] | None = None) -> None:
         if name == "rate":
             p.add_argument("--positions-encode", action="store_true",
                            help="also encode each file in positions mode (y stream sizes)")
+            p.add_argument("--margin", type=float,
+                           help="encode with this guard margin instead of the default")
+            p.add_argument("--lambda-scaled", action="store_true",
+                           help="with --margin: margin·(λ/λ_q1)^½ at each quality")
         if name == "time":
             p.add_argument("--threads", type=int, default=2)
             p.add_argument("--repeats", type=int, default=3)
