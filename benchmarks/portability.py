@@ -2,11 +2,14 @@
 
 Four measurements, each printing JSON (``-o`` writes it too)::
 
-    # how far h_s's scales move between kernel sets (same ẑ), and unguarded index flips
+    # how far h_s's scales move between kernel sets (same ẑ), and unguarded index flips;
+    # --at indexed: the scales every build_indexes call of a full decode sees (the end of
+    # the joint model's chain), by scale range, and the guard's margin over the noise
     python benchmarks/portability.py noise --names kodim01 kodim05 kodim13 --qualities 1 4
 
     # the guard's rate: guard-stream bytes / file bytes, every image × quality, as
-    # written (format 4: hash or positions mode) and in positions mode (formats 2-3)
+    # written (format 4 on: hash or positions mode) and in positions mode (formats 2-3);
+    # --margin [--lambda-scaled]: with another margin
     python benchmarks/portability.py rate --images ../shared/data/kodak --qualities 1 2 3 4 5 6 7 8
 
     # decode time with and without the guard (same file, alternating, median)
@@ -192,12 +195,10 @@ def cmd_time(a: argparse.Namespace) -> None:
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
             # the baseline is what decoding did before the guard: a file coded without
-            # it (index_margin=0), no guard stream, no symbol check, and (format version
-            # 5's other guard) a mean or joint model's h_s in float32. (A guarded file
+            # it (index_margin=0), no guard stream, no symbol check. (A guarded file
             # decoded without its guard stream would desynchronise: not a baseline.)
             c = Container.unpack(encode_image(p, m, quality=q, compute_psnr=False).data)
-            u = Container.unpack(_encode(encode_image, m, p, q,
-                                         {"index_margin": 0.0, "exact_hyper": False}))
+            u = Container.unpack(_encode(encode_image, m, p, q, {"index_margin": 0.0}))
             zh, zw = _z_shape(m, c.width, c.height)
             n_y = m.config["M"] * zh * zw * 16
             with_guard = [[_guarded(c.y, n_y)], [c.z]] + ([[c.side]] if m.gated else [])
@@ -210,8 +211,7 @@ def cmd_time(a: argparse.Namespace) -> None:
                     pairs = [("guard", with_guard), ("none", base)]
                     for key, strings in (pairs if i % 2 else pairs[::-1]):
                         t0 = time.perf_counter()
-                        m.decompress(strings, (zh, zw), c.lmbda_code,
-                                     exact_hyper=key == "guard")
+                        m.decompress(strings, (zh, zw), c.lmbda_code)
                         times[key].append(time.perf_counter() - t0)
             g, n = float(np.median(times["guard"])), float(np.median(times["none"]))
             # the guard's own decoder work, alone: parse the stream, CRC the symbols and,
@@ -235,10 +235,7 @@ def cmd_time(a: argparse.Namespace) -> None:
                          "guard_work_pct": 100 * work / n})
             print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
     ov = [r["overhead_pct"] for r in rows]
-    from varicodec.models.codec_model import EXACT_HYPER_ARCHS
-
     _emit({"model": m.name, "threads": a.threads, "repeats": a.repeats,
-           "float64_h_s": m.arch in EXACT_HYPER_ARCHS,
            "mean_overhead_pct": float(np.mean(ov)),
            "total_overhead_pct": 100 * (sum(r["guard_s"] for r in rows)
                                         / sum(r["none_s"] for r in rows) - 1),
@@ -435,9 +432,15 @@ def cmd_noise(a: argparse.Namespace) -> None:
     """How far the scales move between kernel sets: every pair of kernel sets, on
     files written with the default kernels (``--at``: see ``noise-worker``)."""
     from varicodec.codec.api import encode_image
+    from varicodec.models.codec_model import (
+        ABSOLUTE_MARGIN,
+        ABSOLUTE_MARGIN_ARCHS,
+        INDEX_MARGIN,
+    )
 
     m = _model(a.model)
     table = m.net.gaussian_conditional.scale_table[:-1].double()
+    floor = ABSOLUTE_MARGIN if m.arch in ABSOLUTE_MARGIN_ARCHS else 0.0
     names = list(ISAS)
     with tempfile.TemporaryDirectory() as tmp:
         for p in _images(a.images, a.names, a.limit):
@@ -465,16 +468,34 @@ def cmd_noise(a: argparse.Namespace) -> None:
                     k = (ref.float()[..., None] > table.float()).sum(-1)
                     k2 = (other.float()[..., None] > table.float()).sum(-1)
                     dist = (ref[..., None] / table - 1).abs().amin(-1)
+                    diff = (other - ref).abs()
+                    by_scale = {}
+                    for lo, hi in ((0, 0.2), (0.2, 0.5), (0.5, 1), (1, 3), (3, 10),
+                                   (10, float("inf"))):
+                        sel = (ref >= lo) & (ref < hi)
+                        if sel.any():
+                            by_scale[f"{lo:g}-{hi:g}"] = {
+                                "latents": int(sel.sum()), "max_abs_diff": float(diff[sel].max()),
+                                "max_rel_diff": float(rel[sel].max())}
+                    # the guard's margin at each latent's scale over its difference: the
+                    # smallest is the safety factor of this pair (> 1: no flip possible)
+                    margin = (INDEX_MARGIN * ref.abs()).clamp_min(floor)
+                    moved = diff > 0
+                    factor = float((margin[moved] / diff[moved]).min()) if moved.any() else None
                     rows.append({
                         "file": f.stem, "pair": f"{x}/{y}", "both_decodes_ok": ok,
-                        "max_rel_diff": float(rel.max()),
+                        "max_rel_diff": float(rel.max()), "by_scale": by_scale,
+                        "margin_factor": factor,
                         "p99_99_rel_diff": float(rel.quantile(0.9999)) if rel.numel() < 2**24
                         else None,
                         "index_flips": int((k != k2).sum()), "latents": ref.numel(),
                         **{f"within_{w:g}": int((dist < w).sum())
                            for w in (1e-5, 2e-5, 5e-5, 1e-4, 2e-4)}})
     clean = [r for r in rows if r.get("both_decodes_ok")]
+    factors = [r["margin_factor"] for r in clean if r["margin_factor"] is not None]
     _emit({"model": m.name, "at": a.at, "decode_status": status,
+           "margin": {"relative": INDEX_MARGIN, "absolute": floor},
+           "min_margin_factor": min(factors) if factors else None,
            "max_rel_diff": max(r["max_rel_diff"] for r in clean) if clean else None,
            "index_flips_unguarded": sum(r["index_flips"] for r in clean),
            "rows": rows}, a.output)

@@ -6,8 +6,8 @@
 One tiny ``joint-ecgbm`` model (N = M = 8, woken so its streams carry tens of
 distinct symbols; fp16 weights as ``save_model`` writes them) codes one generated
 image per entry of :data:`ENTRIES`: the model has gates (side stream), a λ code and
-the autoregressive latent whose coding order changed in version 3 (and whose ``h_s``
-runs in float64 from version 5), so one model
+the autoregressive latent whose coding order changed in version 3 (and whose guard
+margin widened at small scales in version 5), so one model
 exercises every field a format version has changed so far. For each entry the
 script writes ``<entry>.vcd`` and the decoder's output ``<entry>.png``, and records
 in ``golden.json`` the file's sha256 and the sha256 of the entropy-decoded symbols
@@ -77,7 +77,7 @@ ENTRIES = (
     # pins the version 4 hash-mode guard layout (on so small an image "auto" would
     # name it by position, which is shorter)
     Entry("v4-hash", 4, quality=2.9, guard_mode="hash"),
-    # version 5: the joint model's h_s in float64 (Container.exact_hyper)
+    # version 5: the joint model's guard with an absolute margin (Container.absolute_margin)
     Entry("v5-rgb", 5),
 )
 
@@ -116,7 +116,7 @@ def recode(data: bytes, model, image: Image.Image, version: int,
     if version < 4:
         guard_mode = "positions"
     out = model.compress(x, lmbda, order=old.coding_order, guard_mode=guard_mode,
-                         exact_hyper=old.exact_hyper)
+                         absolute_margin=old.absolute_margin)
     s = out["strings"]
     if version == 1 and len(s[-1][0]) > 4:
         # version 1 has no explicit indexes: a latent this close to a scale-table

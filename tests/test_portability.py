@@ -191,87 +191,93 @@ def test_encode_default_kernels_decode_older_kernels_and_back(tmp_path, isa):
     assert np.abs(back - here).mean() < 1.0  # another encode (g_a noise), same image
 
 
-_HS_CHILD = r"""
-import sys, numpy as np, torch
-from varicodec.models import create_model
-model = create_model("mean-bm", N=64, M=96).eval()
-model.load_state_dict(torch.load(sys.argv[1]))
-z = torch.load(sys.argv[2])
-with torch.inference_mode():
-    plain = model.net.h_s(z)
-    with model._exact_hyper(True):
-        exact = model.net.h_s(z)
-np.savez(sys.argv[3], plain=plain.numpy(), exact=exact.numpy())
-"""
+def _snap_low(model, rel: float):
+    """A hook that puts every other scale a relative ±``rel`` from one of the
+    boundaries 7-9 (scales 0.26-0.33; same values at encode and decode). Lower
+    boundaries would not do: their neighbouring tables quantise to the same CDF
+    around 0, so a flipped index there decodes the same symbol."""
+    table = model.net.gaussian_conditional.scale_table[:-1]
+    m = _scale_channels(model)
+
+    def hook(module, inputs, out):
+        c = torch.arange(m).view(1, m, 1, 1)
+        sign = torch.where(c % 4 == 0, 1.0, -1.0)
+        target = (table[c % 3 + 7] * (1 + rel * sign)).expand(out[:, :m].shape)
+        out = out.clone()
+        out[:, :m] = torch.where(c % 2 == 0, target, out[:, :m])
+        return out
+
+    return _scale_module(model).register_forward_hook(hook)
 
 
-def _hs_outputs(tmp_path, name: str, env: dict) -> dict:
-    out = tmp_path / f"{name}.npz"
-    subprocess.run([sys.executable, "-c", _HS_CHILD, str(tmp_path / "sd.pt"),
-                    str(tmp_path / "z.pt"), str(out)], env={**os.environ, **env},
-                   check=True, timeout=300)
-    return dict(np.load(out))
+def _scale_module(model):
+    return model.net.entropy_parameters if model.arch == "joint" else model.net.h_s
 
 
-def test_float64_h_s_gives_the_same_scales_under_older_kernels(tmp_path):
-    """Format version 5 runs a mean-scale or joint model's ``h_s`` in float64: the
-    same weights and ``ẑ`` give bit-identical outputs in processes that use the
-    default and the SSE4.1 / AVX2 kernels, where float32 ones differ (what made the
-    joint model's one measured desync). Weights are passed on: even the random
-    initialisation differs between those processes."""
-    from varicodec import create_model
+def _perturb_scales(model, rel: float, seed: int = 0):
+    """A hook that multiplies the predicted scales by 1 + U(−rel, rel)."""
+    g = torch.Generator().manual_seed(seed)
+    m = _scale_channels(model)
 
-    torch.manual_seed(0)
-    model = create_model("mean-bm", N=64, M=96)
-    torch.save(model.state_dict(), tmp_path / "sd.pt")
-    gen = torch.Generator().manual_seed(1)
-    torch.save(torch.randn(1, 64, 6, 8, generator=gen).mul(4).round(), tmp_path / "z.pt")
-    here = _hs_outputs(tmp_path, "default", {})
-    for isa, env in {"SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
-                     "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2",
-                              "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}.items():
-        there = _hs_outputs(tmp_path, isa, env)
-        assert np.array_equal(here["exact"], there["exact"]), isa
-        assert np.allclose(here["plain"], there["plain"], rtol=1e-4, atol=1e-5)
-        if torch.backends.cpu.get_cpu_capability() == "AVX512":
-            # the float32 kernels do differ here, so the check above has teeth
-            assert not np.array_equal(here["plain"], there["plain"]), isa
+    def hook(module, inputs, out):
+        noise = (torch.rand(out[:, :m].shape, generator=g, dtype=torch.float64) * 2 - 1) * rel
+        out = out.clone()
+        out[:, :m] = (out[:, :m].double() * (1 + noise)).to(out.dtype)
+        return out
+
+    return _scale_module(model).register_forward_hook(hook)
 
 
-@pytest.mark.parametrize("name", ["hyperprior-bm", "mean-bm", "joint-bm"])
-def test_exact_hyper_runs_h_s_in_float64_for_mean_and_joint(name, image):
-    from varicodec.models.codec_model import EXACT_HYPER_ARCHS
+@pytest.mark.parametrize("mode", ["hash", "positions"])
+@pytest.mark.parametrize("name", ["mean-bm", "joint-base"])
+def test_absolute_margin_guards_small_scales(name, mode, image):
+    """Format version 5: a mean-scale or joint model's small scales move by float noise
+    that is absolute (~4e-6), i.e. several times ``INDEX_MARGIN`` relative at the
+    lowest boundaries; the margin there is ``ABSOLUTE_MARGIN / t``. Scales placed a
+    relative 1.5e-5 from boundaries 7-9, decoded with ±2.5e-5 relative noise: the
+    same symbols with the version 5 guard, a desync (caught) with version 4's."""
+    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN
 
     model = tiny(name).eval()
     model.update()
-    seen = []
-    hook = model.net.h_s[0].register_forward_hook(
-        lambda m, args, out: seen.append(args[0].dtype))
+    lm = 0.02 if model.variable_rate else None
+    table = model.net.gaussian_conditional.scale_table[:-1]
+    assert ABSOLUTE_MARGIN / float(table[9]) > 2.5e-5 > 1.5e-5 > INDEX_MARGIN
+    hooks = [_snap_low(model, 1.5e-5)]
     try:
-        coded = model.compress(image, lmbda=0.02)
-        assert seen == [torch.float64 if model.arch in EXACT_HYPER_ARCHS else torch.float32]
-        old = model.compress(image, lmbda=0.02, exact_hyper=False)  # versions 1-4
-        assert seen[-1] == torch.float32
+        v5 = model.compress(image, lmbda=lm, guard_mode=mode)
+        v4 = model.compress(image, lmbda=lm, guard_mode=mode, absolute_margin=False)
+        ref = model.decompress(v5["strings"], v5["shape"], v5["lmbda_code"])
+        _, named = _unpack_guard(v5["strings"][-1][0], model._latents_per_item(v5["shape"]))
+        if mode == "hash":
+            assert isinstance(named, _HashSet)
+        else:
+            assert len(named) >= model.config["M"] // 2  # every snapped scale is guarded
+        hooks.append(_perturb_scales(model, 2.5e-5))
+        out = model.decompress(v5["strings"], v5["shape"], v5["lmbda_code"])
+        assert torch.allclose(out["y_hat"], ref["y_hat"], atol=1e-3)
+        with pytest.raises(DesyncError):
+            model.decompress(v4["strings"], v4["shape"], v4["lmbda_code"],
+                             absolute_margin=False)
     finally:
-        hook.remove()
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # h_s restored
-    assert model.net.h_s.__class__.__name__ == "Sequential"
-    for c, exact in ((coded, True), (old, False)):
-        out = model.decompress(c["strings"], c["shape"], c["lmbda_code"], exact_hyper=exact)
-        assert out["x_hat"].shape == image.shape
+        for h in hooks:
+            h.remove()
 
 
-def test_float64_h_s_copy_follows_the_weights(image):
-    model = tiny("mean-bm").eval()
-    with model._exact_hyper(True):
-        first = model.net.h_s(torch.ones(1, model.config["N"], 2, 2))
-    with torch.no_grad():
-        model.net.h_s[0].bias.add_(1.0)
-    with model._exact_hyper(True):
-        second = model.net.h_s(torch.ones(1, model.config["N"], 2, 2))
-    plain = model.net.h_s(torch.ones(1, model.config["N"], 2, 2))
-    assert not torch.equal(first, second)
-    assert torch.allclose(second, plain, rtol=1e-5, atol=1e-6)
+def test_absolute_margin_only_for_mean_and_joint():
+    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN
+
+    hyper, mean = tiny("hyperprior-bm"), tiny("mean-bm")
+    mean.update()
+    assert hyper._boundary_widths(True) is None and mean._boundary_widths(False) is None
+    widths = mean._boundary_widths(True)
+    table = mean.net.gaussian_conditional.scale_table[:-1].double()
+    # margin·width = max(INDEX_MARGIN, ABSOLUTE_MARGIN / t): absolute below t = 1
+    assert torch.allclose(INDEX_MARGIN * widths * table,
+                          torch.clamp(INDEX_MARGIN * table, min=ABSOLUTE_MARGIN))
+    assert widths[0] > 9 and widths[-1] == 1
+    k, dist = _nearest_boundary(table[:3] * (1 + 4e-5), table, widths)
+    assert k.tolist() == [0, 1, 2] and (dist < INDEX_MARGIN).all()
 
 
 def test_nearest_boundary_at_and_beyond_the_table_ends():

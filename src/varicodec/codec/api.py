@@ -202,7 +202,7 @@ def _reconstruct(model: VaricodecModel, c: Container) -> np.ndarray:
         strings.append([c.guard])
     try:
         out = model.decompress(strings, (zh, zw), c.lmbda_code, order=c.coding_order,
-                               exact_hyper=c.exact_hyper)
+                               absolute_margin=c.absolute_margin)
     except (ValueError, RuntimeError, IndexError, OverflowError) as e:
         raise FormatError(f"cannot decode the entropy-coded streams ({e})") from None
     x_hat = out["x_hat"][..., : c.height, : c.width]

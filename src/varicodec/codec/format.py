@@ -34,8 +34,9 @@ Version 4 has version 3's layout; its guard stream may name the guarded latents 
 short hash instead of their positions (*hash mode*, marked by the byte after the
 count; docs/FORMAT.md), which a version 3 reader would reject as malformed. Only
 version 4 on writes hash mode, and a version 2-3 file that holds it is refused as corrupted.
-Version 5 has version 4's layout; in it the ``h_s`` of a mean-scale or joint model was
-run in float64 (:attr:`Container.exact_hyper`, ``EXACT_HYPER_ARCHS`` in
+Version 5 has version 4's layout; in it the guard of a mean-scale or joint model has
+a margin of at least ``ABSOLUTE_MARGIN`` absolute at small scales, and its hash-mode
+threshold widens with it (:attr:`Container.absolute_margin`,
 ``varicodec.models.codec_model``); hyperprior files differ only in this byte.
 
 Parsing never allocates according to a declared size before checking it
@@ -78,9 +79,10 @@ WAVEFRONT_VERSION = 3
 #: the first version that may hold a hash-mode guard stream; an older file that holds
 #: one is malformed (its writer could not have made it)
 HASH_GUARD_VERSION = 4
-#: the first version whose mean-scale and joint models ran ``h_s`` in float64 (the
-#: kernels' float32 noise there passed the guard's margin; docs/results/portability.md)
-EXACT_HYPER_VERSION = 5
+#: the first version whose mean-scale and joint models guard small scales with an
+#: absolute margin (the kernels' noise there passed the relative margin;
+#: docs/results/portability.md)
+ABSOLUTE_MARGIN_VERSION = 5
 
 #: registry name → model id byte, from the registry's append-only ``format_ids``
 MODEL_IDS: dict[str, int] = {
@@ -229,10 +231,10 @@ class Container:
         return "wavefront" if self.version >= WAVEFRONT_VERSION else "sequential"
 
     @property
-    def exact_hyper(self) -> bool:
-        """Whether a mean-scale or joint model's ``h_s`` ran in float64 when this file
-        was written, for ``VaricodecModel.decompress(exact_hyper=…)``."""
-        return self.version >= EXACT_HYPER_VERSION
+    def absolute_margin(self) -> bool:
+        """Whether a mean-scale or joint model's guard had the absolute margin at small
+        scales, for ``VaricodecModel.decompress(absolute_margin=…)``."""
+        return self.version >= ABSOLUTE_MARGIN_VERSION
 
     @property
     def pixels(self) -> int:

@@ -71,15 +71,17 @@ CODING_ORDERS = ("wavefront", "sequential")
 #: (docs/results/portability.md), so 1e-5 leaves a factor of 2.3.
 INDEX_MARGIN = 1e-5
 
-#: Architectures whose ``h_s`` runs in float64 in ``compress`` / ``decompress`` (format
-#: version 5 on). Their ``h_s`` outputs Gaussian parameters that a float32 oneDNN
-#: convolution computes differently per CPU kernel set by up to 4.8e-5 relative (mean)
-#: and 3.7e-5 along the joint model's chain: past ``INDEX_MARGIN``, and it was the
-#: source of the one desync measured (docs/results/portability.md). In float64 the
-#: same ``h_s`` gave bit-identical scales under every kernel set tried, and the joint
-#: chain's other products (context model, entropy parameters) gave none either. The
-#: hyperprior's ``h_s`` (ReLU scales, 4.3e-6 at most) stays in float32.
-EXACT_HYPER_ARCHS = ("mean", "joint")
+#: Format version 5 on, mean-scale and joint models: the margin at boundary ``t`` is
+#: ``max(INDEX_MARGIN, ABSOLUTE_MARGIN / t)`` relative, i.e. at least ``ABSOLUTE_MARGIN``
+#: absolute. Their ``h_s`` (no final ReLU: it outputs means and scales, or the
+#: parameters the joint model's entropy-parameter network reads) computes small scales
+#: as differences of large terms, so the kernels' noise there is absolute, up to
+#: 3.8e-6 (1.1e-5 to 3.5e-5 relative below a scale of 0.5, past ``INDEX_MARGIN``), and
+#: relative, at most 2.7e-6, above it (docs/results/portability.md). 1e-5 leaves a
+#: factor of 2.6 at the lowest boundary.
+ABSOLUTE_MARGIN = 1e-5
+#: the architectures :data:`ABSOLUTE_MARGIN` applies to
+ABSOLUTE_MARGIN_ARCHS = ("mean", "joint")
 
 
 def _full_float32(method):
@@ -185,29 +187,14 @@ class VaricodecModel(nn.Module):
     def downsampling_factor(self) -> int:
         return int(self.net.downsampling_factor)
 
-    @contextmanager
-    def _exact_hyper(self, on: bool) -> Iterator[None]:
-        """Inside the block ``h_s`` runs in float64 (its output back in float32) if
-        ``on`` and the architecture is one of :data:`EXACT_HYPER_ARCHS`: ``net.h_s`` is
-        swapped for a module that calls the same layers (same gates, hooks and forced
-        masks) with float64 copies of their parameters, cached until they change."""
-        if not on or self.arch not in EXACT_HYPER_ARCHS:
-            yield
-            return
-        h_s = self.net.h_s
-        tensors = dict(h_s.named_parameters())
-        tensors.update(h_s.named_buffers())
-        key = tuple((n, t.data_ptr(), t._version, t.device) for n, t in tensors.items())
-        cached = getattr(self, "_hs_float64", None)
-        if cached is None or cached[0] != key:
-            cached = (key, {n: t.detach().double() if t.is_floating_point() else t
-                            for n, t in tensors.items()})
-            self._hs_float64 = cached
-        self.net.h_s = _Float64Forward(h_s, cached[1])
-        try:
-            yield
-        finally:
-            self.net.h_s = h_s
+    def _boundary_widths(self, on: bool) -> Tensor | None:
+        """Per scale-table boundary, the factor by which the guard's relative margin
+        and hash threshold widen there (:data:`ABSOLUTE_MARGIN`): ``None`` (all 1) for
+        a hyperprior model or ``on`` false (format versions 1-4)."""
+        if not on or self.arch not in ABSOLUTE_MARGIN_ARCHS:
+            return None
+        table = self.net.gaussian_conditional.scale_table[:-1].detach().to("cpu", torch.float64)
+        return (ABSOLUTE_MARGIN / (INDEX_MARGIN * table)).clamp_(min=1.0)
 
     def gates(self, prefix: str = "net.") -> list[tuple[str, EnergyChannelGate]]:
         """``(layer name, gate)`` pairs, in module order."""
@@ -450,7 +437,7 @@ class VaricodecModel(nn.Module):
     @_full_float32
     def compress(self, x: Tensor, lmbda: float | None = None,
                  index_margin: float = INDEX_MARGIN, order: str = "wavefront",
-                 guard_mode: str = "auto", exact_hyper: bool = True) -> dict:
+                 guard_mode: str = "auto", absolute_margin: bool = True) -> dict:
         """Entropy-code ``x``.
 
         Returns ``{"strings": [y, z] (+ [gates] if gated) + [guard], "shape": z's
@@ -465,9 +452,10 @@ class VaricodecModel(nn.Module):
         positions and hash mode, format version 4), ``"positions"`` (the layout of
         versions 2-3) or ``"hash"`` (hash mode wherever the coder shows the guard a
         whole batch element at once; for tests). CompressAI's sequential joint loop
-        decides index by index, so it always gets positions mode. ``exact_hyper``:
-        run a mean or joint model's ``h_s`` in float64 (:data:`EXACT_HYPER_ARCHS`,
-        format version 5 on; ``False`` codes as versions 1-4 did).
+        decides index by index, so it always gets positions mode.
+        ``absolute_margin``: widen a mean or joint model's margin to at least
+        :data:`ABSOLUTE_MARGIN` absolute at small scales (format version 5 on;
+        ``False`` guards as versions 2-4 did).
         """
         self._check_image(x)
         code = None
@@ -490,9 +478,10 @@ class VaricodecModel(nn.Module):
         gc = self.net.gaussian_conditional
         f = self.downsampling_factor
         per_item = self._latents_per_item((x.shape[2] // f, x.shape[3] // f))
+        widths = self._boundary_widths(absolute_margin)
         with self._at(lm), _IndexGuard(gc, margin=index_margin, per_item=per_item,
-                                       mode=guard_mode) as guard, \
-                self._analysis_layout(x) as x, self._exact_hyper(exact_hyper):
+                                       mode=guard_mode, widths=widths) as guard, \
+                self._analysis_layout(x) as x:
             out = self._coder(order).compress(x)
         strings = list(out["strings"])
         batch = x.shape[0]
@@ -533,14 +522,14 @@ class VaricodecModel(nn.Module):
     @torch.no_grad()
     @_full_float32
     def decompress(self, strings: list[list[bytes]], shape, lmbda_code: int | None = None,
-                   order: str = "wavefront", exact_hyper: bool = True) -> dict:
+                   order: str = "wavefront", absolute_margin: bool = True) -> dict:
         """Inverse of :meth:`compress`. Returns ``{"x_hat", "y_hat"}``.
 
         ``y_hat`` is the entropy-decoded latent (before the inverse modulator).
         Without the guard stream (files of format version 1) the indexes are all
         recomputed and nothing is checked; with it, a decode whose symbols do not
         match the encoder's raises :class:`~varicodec.errors.DesyncError`. ``order``:
-        the joint model's coding order, and ``exact_hyper``, as given to
+        the joint model's coding order, and ``absolute_margin``, as given to
         :meth:`compress`.
         """
         n_streams = 3 if self.gated else 2
@@ -572,9 +561,10 @@ class VaricodecModel(nn.Module):
             self._unpack_side(strings[2])
         gc = self.net.gaussian_conditional
         try:
+            widths = self._boundary_widths(absolute_margin)
             with self._at(lm), _IndexGuard(gc, forced=forced, per_item=per_item,
-                                           hashed=hashed) as guard, self._synthesis_layout(), \
-                    self._exact_hyper(exact_hyper):
+                                           hashed=hashed, widths=widths) as guard, \
+                    self._synthesis_layout():
                 out = self._coder(order).decompress(list(strings[:2]), shape)
         finally:
             for g in self._hs_gates():
@@ -694,11 +684,12 @@ def _hash_rule(numbers: np.ndarray, dist: np.ndarray, hashed: _HashSet) -> np.nd
     return (dist < HASH_THRESHOLD) & np.isin(top, hashed.values)
 
 
-def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor,
-                     within: float) -> tuple[Tensor, Tensor, Tensor]:
+def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor, within: float,
+                     widths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The latents of one ``build_indexes`` call whose raw scale lies within a relative
-    ``within`` of a scale-table boundary: (positions in the call, ascending, on the
-    CPU; nearest boundary ``k``; distance), exactly as :func:`_nearest_boundary`.
+    ``within`` of a scale-table boundary (``within · widths[k]`` at boundary ``k``):
+    (positions in the call, ascending, on the CPU; nearest boundary ``k``; distance
+    in those units), exactly as :func:`_nearest_boundary`.
 
     :func:`_nearest_boundary` (float64) over every latent costs ~12 ms per Kodak
     image, 5 % of a decode; so a float32 pass (< 1 ms) first keeps the latents whose
@@ -715,25 +706,30 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor,
     bound = getattr(getattr(gc, "lower_bound_scale", None), "bound", None)
     if within <= 0:
         pre = torch.zeros(0, dtype=torch.int64, device=flat.device)
-    elif bound is not None and float(bound) <= float(table[0]) and within < 1e-3:
+    elif bound is not None and float(bound) <= float(table[0]) and \
+            within * (1 if widths is None else float(widths.max())) < 1e-3:
         s = flat.float()
         t = table.to(s.device, torch.float32)
+        w = within if widths is None else within * widths.to(s.device, torch.float32)
         inf = torch.full((1,), float("inf"), device=s.device)
-        above = torch.cat([t * (1 - 2 * within), inf])  # index i: near t_i from below
-        below = torch.cat([-inf, t * (1 + 2 * within)])  # index i: near t_{i−1} from above
+        above = torch.cat([t * (1 - 2 * w), inf])  # index i: near t_i from below
+        below = torch.cat([-inf, t * (1 + 2 * w)])  # index i: near t_{i−1} from above
         i = idx.reshape(-1).to(s.device)  # int32, from _scale_indexes
         pre = ((s >= above.index_select(0, i)) | (s <= below.index_select(0, i)))
         pre = pre.nonzero().squeeze(1)
     else:
         pre = torch.arange(flat.numel(), device=flat.device)
-    k, dist = _nearest_boundary(flat[pre], table)
+    k, dist = _nearest_boundary(flat[pre], table, widths)
     keep = dist < within
     return pre.cpu()[keep], k[keep], dist[keep]
 
 
-def _nearest_boundary(scales: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+def _nearest_boundary(scales: Tensor, table: Tensor,
+                      widths: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """For each raw scale (flattened): the nearest boundary ``k`` of ``table`` and the
-    relative distance ``|s / t_k − 1|`` to it (float64, on the CPU).
+    relative distance ``|s / t_k − 1|`` to it (float64, on the CPU), divided by
+    ``widths[k]`` if given: in those units every boundary's margin and hash
+    threshold are the same numbers (:data:`ABSOLUTE_MARGIN`).
 
     The boundaries are CompressAI's ``scale_table[:-1]``: ``build_indexes`` gives a
     scale just above ``t_k`` index ``k + 1``, one at or below it index ``k``.
@@ -742,7 +738,8 @@ def _nearest_boundary(scales: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
     t = table.detach().to("cpu", torch.float64)
     j = torch.searchsorted(t, s).clamp_(1, len(t) - 1)
     k = torch.where((t[j] - s).abs() < (s - t[j - 1]).abs(), j, j - 1)
-    return k, (s / t[k] - 1).abs()
+    dist = (s / t[k] - 1).abs()
+    return k, dist if widths is None else dist / widths.to(torch.float64)[k]
 
 
 def _scale_indexes(gc: nn.Module, scales: Tensor) -> Tensor:
@@ -784,10 +781,11 @@ class _IndexGuard:
 
     def __init__(self, gc: nn.Module, margin: float | None = None,
                  forced: Tensor | None = None, *, per_item: int | None = None,
-                 mode: str = "positions", hashed: dict[int, _HashSet] | None = None) -> None:
+                 mode: str = "positions", hashed: dict[int, _HashSet] | None = None,
+                 widths: Tensor | None = None) -> None:
         if mode not in GUARD_MODES:
             raise ValueError(f"unknown guard mode {mode!r}; choose from {GUARD_MODES}")
-        self.gc, self.margin, self.forced = gc, margin, forced
+        self.gc, self.margin, self.forced, self.widths = gc, margin, forced, widths
         self.per_item, self.mode = per_item, mode
         self.hashed: dict[int, _HashSet] = dict(hashed or {})
         self.count = 0
@@ -815,7 +813,7 @@ class _IndexGuard:
         whole = (self.mode != "positions" and per is not None and per > 0
                  and start % per == 0 and n % per == 0)
         within = HASH_THRESHOLD + self.margin if whole else self.margin
-        pos, k, dist = _near_boundaries(self.gc, scales, idx, within)
+        pos, k, dist = _near_boundaries(self.gc, scales, idx, within, self.widths)
         if not whole:
             if pos.numel():
                 self.positions.append(pos + start)
@@ -862,7 +860,7 @@ class _IndexGuard:
             [b for b in range(start // per, (start + n - 1) // per + 1) if b in self.hashed]
         if items:
             assert per is not None
-            pos, k, dist = _near_boundaries(self.gc, scales, idx, HASH_THRESHOLD)
+            pos, k, dist = _near_boundaries(self.gc, scales, idx, HASH_THRESHOLD, self.widths)
             number = pos + start  # across the batch
             for b in items:
                 part = ((number >= b * per) & (number < (b + 1) * per)).nonzero().squeeze(1)
@@ -1058,21 +1056,6 @@ class _AutocastForward:
         with torch.autocast(x.device.type, dtype=self.dtype):
             out = self.forward(x)
         return out.float()
-
-
-class _Float64Forward(nn.Module):
-    """``module`` called with the float64 tensors ``params`` in place of its own
-    parameters and buffers (``torch.func.functional_call``), on a float64 copy of
-    the input; the output comes back in the input's dtype."""
-
-    def __init__(self, module: nn.Module, params: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.inner = module
-        self.params = params
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.func.functional_call(self.inner, self.params, (x.double(),))
-        return out.to(x.dtype)
 
 
 class _Float32Forward:
