@@ -193,9 +193,8 @@ def test_encode_default_kernels_decode_older_kernels_and_back(tmp_path, isa):
 
 def _snap_low(model, rel: float):
     """A hook that puts every other scale a relative ±``rel`` from one of the
-    boundaries 7-9 (scales 0.26-0.33; same values at encode and decode). Lower
-    boundaries would not do: their neighbouring tables quantise to the same CDF
-    around 0, so a flipped index there decodes the same symbol."""
+    boundaries 7-9 (scales 0.26-0.33, where the margin is ``ABSOLUTE_MARGIN / t``;
+    same values at encode and decode)."""
     table = model.net.gaussian_conditional.scale_table[:-1]
     m = _scale_channels(model)
 
