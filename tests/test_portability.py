@@ -542,3 +542,30 @@ def test_coding_on_cuda_turns_tf32_off_and_restores_it():
         assert Fake("cpu").code() == (True, True)          # the CPU path changes nothing
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_decoder_takes_the_margin_from_the_format_version(monkeypatch):
+    """A version 5 file is decoded with the absolute margin, a version 4 one without."""
+    import dataclasses
+
+    from varicodec.codec import encode
+    from varicodec.codec.api import decode_image
+    from varicodec.codec.format import Container
+
+    model = tiny("mean-bm").eval()
+    model.update()
+    rng = np.random.default_rng(0)
+    data = encode((rng.random((64, 64, 3)) * 255).astype(np.uint8), model, quality=3)
+    seen = []
+    original = model.decompress
+
+    def spy(*args, **kw):
+        seen.append(kw.get("absolute_margin"))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(model, "decompress", spy)
+    c = Container.unpack(data)
+    assert c.version == 5 and c.absolute_margin
+    decode_image(data, model)
+    decode_image(dataclasses.replace(c, version=4).pack(), model)
+    assert seen == [True, False]
