@@ -753,12 +753,16 @@ def _nearest_boundary(scales: Tensor, table: Tensor,
     The boundaries are CompressAI's ``scale_table[:-1]``: ``build_indexes`` gives a
     scale just above ``t_k`` index ``k + 1``, one at or below it index ``k``.
     """
-    s = scales.detach().reshape(-1).to("cpu", torch.float64)
-    t = table.detach().to("cpu", torch.float64)
-    j = torch.searchsorted(t, s).clamp_(1, len(t) - 1)
-    k = torch.where((t[j] - s).abs() < (s - t[j - 1]).abs(), j, j - 1)
-    dist = (s / t[k] - 1).abs()
-    return k, dist if widths is None else dist / widths.to(torch.float64)[k]
+    # numpy: the same float64 arithmetic at a fraction of torch's per-call cost on the
+    # few latents of one wavefront (the joint decoder calls this once per wavefront)
+    s = scales.detach().reshape(-1).to("cpu", torch.float64).numpy()
+    t = table.detach().to("cpu", torch.float64).numpy()
+    j = np.searchsorted(t, s).clip(1, len(t) - 1)
+    k = np.where(np.abs(t[j] - s) < np.abs(s - t[j - 1]), j, j - 1)
+    dist = np.abs(s / t[k] - 1)
+    if widths is not None:
+        dist = dist / widths.detach().to("cpu", torch.float64).numpy()[k]
+    return torch.from_numpy(k.astype(np.int64)), torch.from_numpy(dist)
 
 
 def _scale_indexes(gc: nn.Module, scales: Tensor) -> Tensor:
