@@ -477,10 +477,13 @@ def cmd_noise(a: argparse.Namespace) -> None:
                             by_scale[f"{lo:g}-{hi:g}"] = {
                                 "latents": int(sel.sum()), "max_abs_diff": float(diff[sel].max()),
                                 "max_rel_diff": float(rel[sel].max())}
-                    # the guard's margin at each latent's scale over its difference: the
-                    # smallest is the safety factor of this pair (> 1: no flip possible)
-                    margin = (INDEX_MARGIN * ref.abs()).clamp_min(floor)
-                    moved = diff > 0
+                    # the guard's margin at each latent's nearest boundary over its
+                    # difference, for latents inside the table's span (a scale far below
+                    # the first boundary has index 0 however it moves): the smallest is
+                    # the safety factor of this pair (> 1: no flip possible)
+                    near = table[(ref[:, None] - table).abs().argmin(1)]
+                    margin = (INDEX_MARGIN * near).clamp_min(floor)
+                    moved = (diff > 0) & (ref >= table[0] * (1 - 1e-3))
                     factor = float((margin[moved] / diff[moved]).min()) if moved.any() else None
                     rows.append({
                         "file": f.stem, "pair": f"{x}/{y}", "both_decodes_ok": ok,

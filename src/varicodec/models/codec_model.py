@@ -712,27 +712,24 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor, within: float,
     """
     table = gc.scale_table[:-1]
     flat = scales.reshape(-1)
-    bound = getattr(getattr(gc, "lower_bound_scale", None), "bound", None)
+    key = (within, flat.device)
+    windows = cache.get(key) if cache is not None else None
+    if windows is None:
+        windows = _windows(gc, within, widths, flat.device)
+        if cache is not None:
+            cache[key] = windows
     if within <= 0:
         pre = torch.zeros(0, dtype=torch.int64, device=flat.device)
-    elif bound is not None and float(bound) <= float(table[0]) and \
-            within * (1 if widths is None else float(widths.max())) < 1e-3:
-        s = flat.float()
-        key = (within, s.device)
-        if cache is None or key not in cache:
-            t = table.to(s.device, torch.float32)
-            w = within if widths is None else within * widths.to(s.device, torch.float32)
-            inf = torch.full((1,), float("inf"), device=s.device)
-            windows = (torch.cat([t * (1 - 2 * w), inf]),  # index i: near t_i from below
-                       torch.cat([-inf, t * (1 + 2 * w)]))  # index i: near t_{i−1} from above
-            if cache is not None:
-                cache[key] = windows
-        else:
-            windows = cache[key]
+    elif windows:
         above, below = windows
-        i = idx.reshape(-1).to(s.device)  # int32, from _scale_indexes
-        pre = ((s >= above.index_select(0, i)) | (s <= below.index_select(0, i)))
-        pre = pre.nonzero().squeeze(1)
+        if flat.device.type == "cpu":  # numpy: a few µs per op on one wavefront's latents
+            sv, iv = flat.detach().float().numpy(), idx.reshape(-1).numpy()
+            pre = torch.from_numpy(np.flatnonzero((sv >= above.numpy()[iv])
+                                                  | (sv <= below.numpy()[iv])))
+        else:
+            s, i = flat.float(), idx.reshape(-1).to(flat.device)  # int32, _scale_indexes
+            pre = ((s >= above.index_select(0, i)) | (s <= below.index_select(0, i)))
+            pre = pre.nonzero().squeeze(1)
     else:
         pre = torch.arange(flat.numel(), device=flat.device)
     if not pre.numel():  # the usual case for one wavefront of the joint model
@@ -741,6 +738,24 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor, within: float,
     k, dist = _nearest_boundary(flat[pre], table, widths)
     keep = dist < within
     return pre.cpu()[keep], k[keep], dist[keep]
+
+
+def _windows(gc: nn.Module, within: float, widths: Tensor | None,
+             device) -> tuple[Tensor, Tensor] | tuple[()]:
+    """:func:`_near_boundaries`' float32 pre-selection windows per index ``i``: a scale
+    at or above ``above[i]`` or at or below ``below[i]`` goes to the exact pass; ``()``
+    where the pre-selection does not apply (scale bound above the first boundary, or
+    a window of 10⁻³ or more)."""
+    table = gc.scale_table[:-1]
+    bound = getattr(getattr(gc, "lower_bound_scale", None), "bound", None)
+    wide = within * (1 if widths is None else float(widths.max()))
+    if within <= 0 or bound is None or float(bound) > float(table[0]) or wide >= 1e-3:
+        return ()
+    t = table.to(device, torch.float32)
+    w = within if widths is None else within * widths.to(device, torch.float32)
+    inf = torch.full((1,), float("inf"), device=device)
+    return (torch.cat([t * (1 - 2 * w), inf]),  # index i: near t_i from below
+            torch.cat([-inf, t * (1 + 2 * w)]))  # index i: near t_{i−1} from above
 
 
 def _nearest_boundary(scales: Tensor, table: Tensor,
@@ -772,6 +787,9 @@ def _scale_indexes(gc: nn.Module, scales: Tensor) -> Tensor:
     ``tests/test_portability.py`` checks it against CompressAI's loop."""
     scales = gc.lower_bound_scale(scales)
     table = gc.scale_table[:-1].to(scales.device, scales.dtype)
+    if scales.device.type == "cpu":  # numpy's search: ~8× less per call on a wavefront
+        found = np.searchsorted(table.numpy(), scales.detach().reshape(-1).numpy())
+        return torch.from_numpy(found.astype(np.int32)).view(scales.shape)
     return torch.searchsorted(table, scales.reshape(-1).contiguous()).view(scales.shape).int()
 
 
