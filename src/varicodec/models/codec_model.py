@@ -892,7 +892,7 @@ class _IndexGuard:
         sels: list[Tensor] = []
         ks: list[Tensor] = []
         table = self.gc.scale_table[:-1]
-        if self.forced is not None:
+        if self.forced is not None and self.forced.numel():
             sel = self.forced[(self.forced >= start) & (self.forced < start + n)] - start
             if sel.numel():
                 sels.append(sel)
