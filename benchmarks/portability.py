@@ -436,11 +436,20 @@ def cmd_noise(a: argparse.Namespace) -> None:
         ABSOLUTE_MARGIN,
         ABSOLUTE_MARGIN_ARCHS,
         INDEX_MARGIN,
+        absolute_margin,
     )
+    from varicodec.quality import quality_to_lmbda
 
     m = _model(a.model)
     table = m.net.gaussian_conditional.scale_table[:-1].double()
-    floor = ABSOLUTE_MARGIN if m.arch in ABSOLUTE_MARGIN_ARCHS else 0.0
+
+    def floor(stem: str) -> float:
+        """The absolute margin of a file ``<image>.q<quality>``."""
+        if m.arch not in ABSOLUTE_MARGIN_ARCHS:
+            return 0.0
+        q = float(stem.rpartition(".q")[2])
+        return absolute_margin(quality_to_lmbda(q) if m.variable_rate else m.lmbda)
+
     names = list(ISAS)
     with tempfile.TemporaryDirectory() as tmp:
         for p in _images(a.images, a.names, a.limit):
@@ -482,7 +491,7 @@ def cmd_noise(a: argparse.Namespace) -> None:
                     # the first boundary has index 0 however it moves): the smallest is
                     # the safety factor of this pair (> 1: no flip possible)
                     near = table[(ref[:, None] - table).abs().argmin(1)]
-                    margin = (INDEX_MARGIN * near).clamp_min(floor)
+                    margin = (INDEX_MARGIN * near).clamp_min(floor(f.stem))
                     moved = (diff > 0) & (ref >= table[0] * (1 - 1e-3))
                     factor = float((margin[moved] / diff[moved]).min()) if moved.any() else None
                     rows.append({
@@ -497,7 +506,8 @@ def cmd_noise(a: argparse.Namespace) -> None:
     clean = [r for r in rows if r.get("both_decodes_ok")]
     factors = [r["margin_factor"] for r in clean if r["margin_factor"] is not None]
     _emit({"model": m.name, "at": a.at, "decode_status": status,
-           "margin": {"relative": INDEX_MARGIN, "absolute": floor},
+           "margin": {"relative": INDEX_MARGIN, "absolute_at_lambda_max": ABSOLUTE_MARGIN
+                      if m.arch in ABSOLUTE_MARGIN_ARCHS else 0.0},
            "min_margin_factor": min(factors) if factors else None,
            "max_rel_diff": max(r["max_rel_diff"] for r in clean) if clean else None,
            "index_flips_unguarded": sum(r["index_flips"] for r in clean),

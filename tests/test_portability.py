@@ -235,12 +235,13 @@ def test_absolute_margin_guards_small_scales(name, mode, image):
     lowest boundaries; the margin there is ``ABSOLUTE_MARGIN / t``. Scales placed a
     relative 1.5e-5 from boundaries 7-9, decoded with ±2.5e-5 relative noise: the
     same symbols with the version 5 guard, a desync (caught) with version 4's."""
-    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN
+    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN, absolute_margin
 
-    model = tiny(name).eval()
+    model = tiny(name, lmbda=0.18).eval()  # fixed-rate λ; the bm model gets it below
     model.update()
-    lm = 0.02 if model.variable_rate else None
+    lm = 0.18 if model.variable_rate else None
     table = model.net.gaussian_conditional.scale_table[:-1]
+    assert absolute_margin(0.18) == ABSOLUTE_MARGIN
     assert ABSOLUTE_MARGIN / float(table[9]) > 2.5e-5 > 1.5e-5 > INDEX_MARGIN
     hooks = [_snap_low(model, 1.5e-5)]
     try:
@@ -264,12 +265,13 @@ def test_absolute_margin_guards_small_scales(name, mode, image):
 
 
 def test_absolute_margin_only_for_mean_and_joint():
-    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN
+    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN, absolute_margin
 
     hyper, mean = tiny("hyperprior-bm"), tiny("mean-bm")
     mean.update()
-    assert hyper._boundary_widths(True) is None and mean._boundary_widths(False) is None
-    widths = mean._boundary_widths(True)
+    assert hyper._boundary_widths(True, 0.18) is None
+    assert mean._boundary_widths(False, 0.18) is None
+    widths = mean._boundary_widths(True, 0.18)
     table = mean.net.gaussian_conditional.scale_table[:-1].double()
     # margin·width = max(INDEX_MARGIN, ABSOLUTE_MARGIN / t): absolute below t = 1
     assert torch.allclose(INDEX_MARGIN * widths * table,
@@ -277,6 +279,11 @@ def test_absolute_margin_only_for_mean_and_joint():
     assert widths[0] > 9 and widths[-1] == 1
     k, dist = _nearest_boundary(table[:3] * (1 + 4e-5), table, widths)
     assert k.tolist() == [0, 1, 2] and (dist < INDEX_MARGIN).all()
+    # below CompressAI's quality 8 the absolute margin shrinks as λ^⅓
+    assert absolute_margin(0.18 / 8) == pytest.approx(ABSOLUTE_MARGIN / 2)
+    assert absolute_margin(0.5) == ABSOLUTE_MARGIN
+    low = mean._boundary_widths(True, 0.18 / 8)
+    assert torch.allclose(low, torch.clamp(widths / 2, min=1.0))
 
 
 def test_nearest_boundary_at_and_beyond_the_table_ends():

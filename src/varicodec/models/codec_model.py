@@ -72,16 +72,26 @@ CODING_ORDERS = ("wavefront", "sequential")
 INDEX_MARGIN = 1e-5
 
 #: Format version 5 on, mean-scale and joint models: the margin at boundary ``t`` is
-#: ``max(INDEX_MARGIN, ABSOLUTE_MARGIN / t)`` relative, i.e. at least ``ABSOLUTE_MARGIN``
-#: absolute. Their ``h_s`` (no final ReLU: it outputs means and scales, or the
-#: parameters the joint model's entropy-parameter network reads) computes small scales
-#: as differences of large terms, so the kernels' noise there is absolute, up to
-#: 3.8e-6 (1.1e-5 to 3.5e-5 relative below a scale of 0.5, past ``INDEX_MARGIN``), and
-#: relative, at most 2.7e-6, above it (docs/results/portability.md). 1e-5 leaves a
-#: factor of 2.6 at the lowest boundary.
+#: ``max(INDEX_MARGIN, A / t)`` relative, i.e. at least ``A`` absolute, with
+#: ``A = ABSOLUTE_MARGIN`` at ``λ ≥ ABSOLUTE_MARGIN_LMBDA`` and
+#: ``ABSOLUTE_MARGIN · (λ / ABSOLUTE_MARGIN_LMBDA)^⅓`` below (:func:`absolute_margin`).
+#: Their ``h_s`` (no final ReLU: it outputs means and scales, or the parameters the
+#: joint model's entropy-parameter network reads) computes small scales as differences
+#: of large terms, so the kernels' noise there is absolute, up to 5.2e-6 at quality 8
+#: (1.2e-6 at 4, 7.4e-7 at 1: it grows about as λ^½), and relative, at most 4.5e-6,
+#: at large scales (docs/results/portability.md).
 ABSOLUTE_MARGIN = 1e-5
+#: the λ (CompressAI's quality 8) from which the absolute margin is ``ABSOLUTE_MARGIN``
+ABSOLUTE_MARGIN_LMBDA = 0.18
 #: the architectures :data:`ABSOLUTE_MARGIN` applies to
 ABSOLUTE_MARGIN_ARCHS = ("mean", "joint")
+
+
+def absolute_margin(lmbda: float) -> float:
+    """The absolute margin at λ (:data:`ABSOLUTE_MARGIN`), rounded to 12 decimals so
+    that encoder and decoder agree on it exactly whatever their libm."""
+    return round(ABSOLUTE_MARGIN * min(1.0, (float(lmbda) / ABSOLUTE_MARGIN_LMBDA) ** (1 / 3)),
+                 12)
 
 
 def _full_float32(method):
@@ -187,14 +197,14 @@ class VaricodecModel(nn.Module):
     def downsampling_factor(self) -> int:
         return int(self.net.downsampling_factor)
 
-    def _boundary_widths(self, on: bool) -> Tensor | None:
+    def _boundary_widths(self, on: bool, lmbda: float) -> Tensor | None:
         """Per scale-table boundary, the factor by which the guard's relative margin
-        and hash threshold widen there (:data:`ABSOLUTE_MARGIN`): ``None`` (all 1) for
-        a hyperprior model or ``on`` false (format versions 1-4)."""
+        and hash threshold widen there at ``lmbda`` (:func:`absolute_margin`): ``None``
+        (all 1) for a hyperprior model or ``on`` false (format versions 1-4)."""
         if not on or self.arch not in ABSOLUTE_MARGIN_ARCHS:
             return None
         table = self.net.gaussian_conditional.scale_table[:-1].detach().to("cpu", torch.float64)
-        return (ABSOLUTE_MARGIN / (INDEX_MARGIN * table)).clamp_(min=1.0)
+        return (absolute_margin(lmbda) / (INDEX_MARGIN * table)).clamp_(min=1.0)
 
     def gates(self, prefix: str = "net.") -> list[tuple[str, EnergyChannelGate]]:
         """``(layer name, gate)`` pairs, in module order."""
@@ -454,7 +464,7 @@ class VaricodecModel(nn.Module):
         whole batch element at once; for tests). CompressAI's sequential joint loop
         decides index by index, so it always gets positions mode.
         ``absolute_margin``: widen a mean or joint model's margin to at least
-        :data:`ABSOLUTE_MARGIN` absolute at small scales (format version 5 on;
+        :func:`absolute_margin` absolute at small scales (format version 5 on;
         ``False`` guards as versions 2-4 did).
         """
         self._check_image(x)
@@ -478,7 +488,7 @@ class VaricodecModel(nn.Module):
         gc = self.net.gaussian_conditional
         f = self.downsampling_factor
         per_item = self._latents_per_item((x.shape[2] // f, x.shape[3] // f))
-        widths = self._boundary_widths(absolute_margin)
+        widths = self._boundary_widths(absolute_margin, lmbda_used)
         with self._at(lm), _IndexGuard(gc, margin=index_margin, per_item=per_item,
                                        mode=guard_mode, widths=widths) as guard, \
                 self._analysis_layout(x) as x:
@@ -549,19 +559,20 @@ class VaricodecModel(nn.Module):
             forced = torch.from_numpy(np.concatenate(
                 [np.zeros(0, np.int64)] + [p + b * per_item for b, (_, p) in enumerate(guards)
                                            if not isinstance(p, _HashSet)]))
-        lm = None
+        lm, lmbda = None, self.lmbda
         if self.variable_rate:
             if lmbda_code is None:
                 raise ValueError(
                     f"{self.name} is a variable-rate model: the lambda code is missing")
             assert self.lmbda_range is not None
-            lm = self._lmbda_batch(self.lmbda_range.decode(lmbda_code), batch, "cpu")
+            lmbda = self.lmbda_range.decode(lmbda_code)
+            lm = self._lmbda_batch(lmbda, batch, "cpu")
             lm = lm.to(next(self.parameters()).device)
         if self.gated:
             self._unpack_side(strings[2])
         gc = self.net.gaussian_conditional
         try:
-            widths = self._boundary_widths(absolute_margin)
+            widths = self._boundary_widths(absolute_margin, lmbda)
             with self._at(lm), _IndexGuard(gc, forced=forced, per_item=per_item,
                                            hashed=hashed, widths=widths) as guard, \
                     self._synthesis_layout():
