@@ -35,8 +35,8 @@ short hash instead of their positions (*hash mode*, marked by the byte after the
 count; docs/FORMAT.md), which a version 3 reader would reject as malformed. Only
 version 4 on writes hash mode, and a version 2-3 file that holds it is refused as corrupted.
 Version 5 has version 4's layout; in it the guard of a mean-scale or joint model has
-a margin of at least ``ABSOLUTE_MARGIN`` absolute at small scales, and its hash-mode
-threshold widens with it (:attr:`Container.absolute_margin`,
+an absolute margin at small scales (``absolute_margin(λ)``, from the file's λ), and its
+hash-mode threshold widens with it (:attr:`Container.absolute_margin`,
 ``varicodec.models.codec_model``); hyperprior files differ only in this byte.
 
 Parsing never allocates according to a declared size before checking it
