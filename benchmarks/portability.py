@@ -431,6 +431,7 @@ def cmd_noise_worker(a: argparse.Namespace) -> None:
 def cmd_noise(a: argparse.Namespace) -> None:
     """How far the scales move between kernel sets: every pair of kernel sets, on
     files written with the default kernels (``--at``: see ``noise-worker``)."""
+    import varicodec.models.codec_model as cm
     from varicodec.codec.api import encode_image
     from varicodec.models.codec_model import (
         ABSOLUTE_MARGIN,
@@ -466,6 +467,12 @@ def cmd_noise(a: argparse.Namespace) -> None:
         for f in sorted(Path(tmp).glob("*.vcd")):
             got = {isa: torch.from_numpy(np.load(Path(tmp) / f"{f.stem}.{isa}.npy"))
                    for isa in names}
+            # per kernel set, once: its indexes, and each scale's nearest boundary
+            index = {isa: (s.float()[..., None] > table.float()).sum(-1)
+                     for isa, s in got.items()}
+            nearest = {isa: table[cm._nearest_boundary(s, table)[0]].view(s.shape)
+                       for isa, s in got.items()}
+            dists = {isa: (s[..., None] / table - 1).abs().amin(-1) for isa, s in got.items()}
             for i, x in enumerate(names):
                 for y in names[i + 1:]:
                     ref, other = got[x], got[y]
@@ -473,11 +480,9 @@ def cmd_noise(a: argparse.Namespace) -> None:
                         rows.append({"file": f.stem, "pair": f"{x}/{y}", "error": "shapes"})
                         continue
                     ok = status[x].get(f.stem, "ok") == status[y].get(f.stem, "ok") == "ok"
-                    rel = (other - ref).abs() / ref.abs().clamp_min(float(table[0]))
-                    k = (ref.float()[..., None] > table.float()).sum(-1)
-                    k2 = (other.float()[..., None] > table.float()).sum(-1)
-                    dist = (ref[..., None] / table - 1).abs().amin(-1)
                     diff = (other - ref).abs()
+                    rel = diff / ref.abs().clamp_min(float(table[0]))
+                    k, k2, dist = index[x], index[y], dists[x]
                     by_scale = {}
                     for lo, hi in ((0, 0.2), (0.2, 0.5), (0.5, 1), (1, 3), (3, 10),
                                    (10, float("inf"))):
@@ -490,8 +495,7 @@ def cmd_noise(a: argparse.Namespace) -> None:
                     # difference, for latents inside the table's span (a scale far below
                     # the first boundary has index 0 however it moves): the smallest is
                     # the safety factor of this pair (> 1: no flip possible)
-                    near = table[(ref[:, None] - table).abs().argmin(1)]
-                    margin = (INDEX_MARGIN * near).clamp_min(floor(f.stem))
+                    margin = (INDEX_MARGIN * nearest[x]).clamp_min(floor(f.stem))
                     moved = (diff > 0) & (ref >= table[0] * (1 - 1e-3))
                     factor = float((margin[moved] / diff[moved]).min()) if moved.any() else None
                     rows.append({
