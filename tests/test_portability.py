@@ -57,24 +57,28 @@ def _scale_channels(model) -> int:
     return model.config["M"]
 
 
-def _snap_to_boundaries(model):
-    """Hooks that put every other scale a relative ±3e-6 from a table boundary
-    (the same values at encode and decode; well inside the guard's margin)."""
+def _snap_to_boundaries(model, rel: float = 3e-6, boundary=lambda c: (c * 7) % 50 + 5):
+    """Hooks that put every other scale (even channels ``c``) a relative ±``rel`` from
+    table boundary ``boundary(c)`` (the same values at encode and decode; the default
+    well inside the guard's margin)."""
     gc = model.net.gaussian_conditional
     table = gc.scale_table[:-1]
     m = _scale_channels(model)
 
     def hook(module, inputs, out):
         c = torch.arange(m).view(1, m, 1, 1)
-        k = (c * 7) % 50 + 5
         sign = torch.where(c % 4 == 0, 1.0, -1.0)
-        target = (table[k] * (1 + 3e-6 * sign)).expand(out[:, :m].shape)
+        target = (table[boundary(c)] * (1 + rel * sign)).expand(out[:, :m].shape)
         out = out.clone()
         out[:, :m] = torch.where(c % 2 == 0, target, out[:, :m])
         return out
 
-    module = model.net.entropy_parameters if model.arch == "joint" else model.net.h_s
-    return [module.register_forward_hook(hook)]
+    return [_scale_module(model).register_forward_hook(hook)]
+
+
+def _scale_module(model):
+    """The module whose output holds the scales the guard indexes."""
+    return model.net.entropy_parameters if model.arch == "joint" else model.net.h_s
 
 
 def _perturb(model, rel: float = 1e-5, seed: int = 0):
@@ -191,28 +195,6 @@ def test_encode_default_kernels_decode_older_kernels_and_back(tmp_path, isa):
     assert np.abs(back - here).mean() < 1.0  # another encode (g_a noise), same image
 
 
-def _snap_low(model, rel: float):
-    """A hook that puts every other scale a relative ±``rel`` from one of the
-    boundaries 7-9 (scales 0.26-0.33, where the margin is ``ABSOLUTE_MARGIN / t``;
-    same values at encode and decode)."""
-    table = model.net.gaussian_conditional.scale_table[:-1]
-    m = _scale_channels(model)
-
-    def hook(module, inputs, out):
-        c = torch.arange(m).view(1, m, 1, 1)
-        sign = torch.where(c % 4 == 0, 1.0, -1.0)
-        target = (table[c % 3 + 7] * (1 + rel * sign)).expand(out[:, :m].shape)
-        out = out.clone()
-        out[:, :m] = torch.where(c % 2 == 0, target, out[:, :m])
-        return out
-
-    return _scale_module(model).register_forward_hook(hook)
-
-
-def _scale_module(model):
-    return model.net.entropy_parameters if model.arch == "joint" else model.net.h_s
-
-
 def _perturb_scales(model, rel: float, seed: int = 0):
     """A hook that multiplies the predicted scales by 1 + U(−rel, rel)."""
     g = torch.Generator().manual_seed(seed)
@@ -243,7 +225,8 @@ def test_absolute_margin_guards_small_scales(name, mode, image):
     table = model.net.gaussian_conditional.scale_table[:-1]
     assert absolute_margin(0.18) == ABSOLUTE_MARGIN
     assert ABSOLUTE_MARGIN / float(table[9]) > 2.5e-5 > 1.5e-5 > INDEX_MARGIN
-    hooks = [_snap_low(model, 1.5e-5)]
+    # boundaries 7-9 (scales 0.26-0.33), where the margin is ABSOLUTE_MARGIN / t
+    hooks = _snap_to_boundaries(model, 1.5e-5, lambda c: c % 3 + 7)
     try:
         v5 = model.compress(image, lmbda=lm, guard_mode=mode)
         v4 = model.compress(image, lmbda=lm, guard_mode=mode, absolute_margin=False)
