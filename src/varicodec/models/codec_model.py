@@ -719,36 +719,73 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor, within: float,
     boundary (as in CompressAI: a scale below it has index 0); otherwise every latent
     goes to the exact pass. ``cache``: a dict the caller keeps for calls with the
     same ``gc``, ``within`` and ``widths`` (the joint decoder makes one call per
-    wavefront), which then hold the float32 windows.
+    wavefront), which then holds the windows and tables.
     """
-    table = gc.scale_table[:-1]
     flat = scales.reshape(-1)
-    key = (within, flat.device)
-    windows = cache.get(key) if cache is not None else None
-    if windows is None:
-        windows = _windows(gc, within, widths, flat.device)
-        if cache is not None:
-            cache[key] = windows
+    if flat.device.type == "cpu":  # numpy throughout: µs per call on one wavefront
+        pos, k, dist = _near_boundaries_np(gc, flat, idx, within, widths, cache)
+        return torch.from_numpy(pos), torch.from_numpy(k), torch.from_numpy(dist)
+    windows = _cached(cache, ("torch", within, flat.device),
+                      lambda: _windows(gc, within, widths, flat.device))
     if within <= 0:
         pre = torch.zeros(0, dtype=torch.int64, device=flat.device)
     elif windows:
         above, below = windows
-        if flat.device.type == "cpu":  # numpy: a few µs per op on one wavefront's latents
-            sv, iv = flat.detach().float().numpy(), idx.reshape(-1).numpy()
-            pre = torch.from_numpy(np.flatnonzero((sv >= above.numpy()[iv])
-                                                  | (sv <= below.numpy()[iv])))
-        else:
-            s, i = flat.float(), idx.reshape(-1).to(flat.device)  # int32, _scale_indexes
-            pre = ((s >= above.index_select(0, i)) | (s <= below.index_select(0, i)))
-            pre = pre.nonzero().squeeze(1)
+        s, i = flat.float(), idx.reshape(-1).to(flat.device)  # int32, _scale_indexes
+        pre = ((s >= above.index_select(0, i)) | (s <= below.index_select(0, i)))
+        pre = pre.nonzero().squeeze(1)
     else:
         pre = torch.arange(flat.numel(), device=flat.device)
-    if not pre.numel():  # the usual case for one wavefront of the joint model
+    if not pre.numel():
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty, torch.zeros(0, dtype=torch.float64)
-    k, dist = _nearest_boundary(flat[pre], table, widths)
+    k, dist = _nearest_boundary(flat[pre], gc.scale_table[:-1], widths)
     keep = dist < within
     return pre.cpu()[keep], k[keep], dist[keep]
+
+
+def _cached(cache: dict | None, key, make):
+    """``cache[key]``, made by ``make()`` on first use (no cache: made every time)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_F64 = np.zeros(0, dtype=np.float64)
+
+
+def _near_boundaries_np(gc: nn.Module, flat: Tensor, idx: Tensor, within: float,
+                        widths: Tensor | None, cache: dict | None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_near_boundaries` on the CPU, as numpy arrays: the same float32
+    pre-selection and float64 distances, with the windows, the table and the widths
+    converted once per ``cache``."""
+    def make():
+        w = _windows(gc, within, widths, flat.device)
+        return (tuple(x.numpy() for x in w),
+                gc.scale_table[:-1].detach().to("cpu", torch.float64).numpy(),
+                None if widths is None else widths.detach().to("cpu", torch.float64).numpy())
+
+    if within <= 0:
+        return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
+    windows, table, w64 = _cached(cache, ("numpy", within), make)
+    flat = flat.detach()
+    sv = (flat if flat.dtype in (torch.float32, torch.float64) else flat.float()).numpy()
+    if windows:
+        above, below = windows
+        iv = idx.reshape(-1).numpy()
+        s32 = sv if sv.dtype == np.float32 else sv.astype(np.float32)
+        pre = np.flatnonzero((s32 >= above[iv]) | (s32 <= below[iv]))
+        if not pre.size:  # the usual case for one wavefront of the joint model
+            return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
+    else:
+        pre = np.arange(sv.size)
+    k, dist = _nearest_boundary_np(sv[pre], table, w64)
+    keep = dist < within
+    return pre[keep], k[keep], dist[keep]
 
 
 def _windows(gc: nn.Module, within: float, widths: Tensor | None,
@@ -779,16 +816,25 @@ def _nearest_boundary(scales: Tensor, table: Tensor,
     The boundaries are CompressAI's ``scale_table[:-1]``: ``build_indexes`` gives a
     scale just above ``t_k`` index ``k + 1``, one at or below it index ``k``.
     """
-    # numpy: the same float64 arithmetic at a fraction of torch's per-call cost on the
-    # few latents of one wavefront (the joint decoder calls this once per wavefront)
     s = scales.detach().reshape(-1).to("cpu", torch.float64).numpy()
     t = table.detach().to("cpu", torch.float64).numpy()
+    w = None if widths is None else widths.detach().to("cpu", torch.float64).numpy()
+    k, dist = _nearest_boundary_np(s, t, w)
+    return torch.from_numpy(k), torch.from_numpy(dist)
+
+
+def _nearest_boundary_np(s: np.ndarray, t: np.ndarray,
+                         w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_nearest_boundary` on numpy arrays (``t``, ``w`` float64; ``s`` any
+    float, converted): numpy costs a fraction of torch's per-call overhead on the few
+    latents of one wavefront (the joint decoder calls this once per wavefront)."""
+    s = s.astype(np.float64, copy=False)
     j = np.searchsorted(t, s).clip(1, len(t) - 1)
     k = np.where(np.abs(t[j] - s) < np.abs(s - t[j - 1]), j, j - 1)
     dist = np.abs(s / t[k] - 1)
-    if widths is not None:
-        dist = dist / widths.detach().to("cpu", torch.float64).numpy()[k]
-    return torch.from_numpy(k.astype(np.int64)), torch.from_numpy(dist)
+    if w is not None:
+        dist = dist / w[k]
+    return k.astype(np.int64, copy=False), dist
 
 
 def _scale_indexes(gc: nn.Module, scales: Tensor) -> Tensor:
@@ -796,12 +842,16 @@ def _scale_indexes(gc: nn.Module, scales: Tensor) -> Tensor:
     of CompressAI's 63 passes: the index of a scale is the number of boundaries
     ``scale_table[:-1]`` strictly below its lower-bounded value (NaN: the last index).
     ``tests/test_portability.py`` checks it against CompressAI's loop."""
-    scales = gc.lower_bound_scale(scales)
+    bound = getattr(gc.lower_bound_scale, "bound", None)
+    if bound is not None and not scales.requires_grad:
+        # LowerBound's forward is torch.max(x, bound); called directly, without its
+        # autograd Function, it costs a fraction on the few latents of one wavefront
+        scales = torch.maximum(scales, bound.to(scales.device))
+    else:
+        scales = gc.lower_bound_scale(scales)
     table = gc.scale_table[:-1].to(scales.device, scales.dtype)
-    if scales.device.type == "cpu":  # numpy's search: ~8× less per call on a wavefront
-        found = np.searchsorted(table.numpy(), scales.detach().reshape(-1).numpy())
-        return torch.from_numpy(found.astype(np.int32)).view(scales.shape)
-    return torch.searchsorted(table, scales.reshape(-1).contiguous()).view(scales.shape).int()
+    return torch.searchsorted(table, scales.reshape(-1).contiguous(),
+                              out_int32=True).view(scales.shape)
 
 
 class _IndexGuard:
@@ -852,10 +902,13 @@ class _IndexGuard:
         flat = idx.view(-1)
         if self.margin is not None:
             sel, k = self._encode_call(scales, idx, start, n)
+            if sel.numel():
+                flat[sel.to(flat.device)] = (k + 1).to(flat.device, flat.dtype)
         else:
-            sel, k = self._decode_call(scales, idx, start, n)
-        if sel.numel():
-            flat[sel.to(flat.device)] = (k + 1).to(flat.device, flat.dtype)
+            sel_np, k_np = self._decode_call(scales, idx, start, n)
+            if sel_np.size:
+                flat[torch.from_numpy(sel_np).to(flat.device)] = \
+                    torch.from_numpy(k_np + 1).to(flat.device, flat.dtype)
         return idx
 
     def _encode_call(self, scales: Tensor, idx: Tensor, start: int,
@@ -898,33 +951,50 @@ class _IndexGuard:
         return _joined(sels, ks)
 
     def _decode_call(self, scales: Tensor, idx: Tensor, start: int,
-                     n: int) -> tuple[Tensor, Tensor]:
-        """Decoder: (positions in this call, boundaries) of the latents to force."""
-        sels: list[Tensor] = []
-        ks: list[Tensor] = []
-        table = self.gc.scale_table[:-1]
+                     n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoder: (positions in this call, boundaries) of the latents to force, as
+        numpy arrays (numpy throughout: the joint decoder calls this per wavefront)."""
+        sels: list[np.ndarray] = []
+        ks: list[np.ndarray] = []
         if self.forced is not None and self.forced.numel():
-            sel = self.forced[(self.forced >= start) & (self.forced < start + n)] - start
-            if sel.numel():
+            forced = self.forced.numpy()
+            sel = forced[(forced >= start) & (forced < start + n)] - start
+            if sel.size:
+                flat = scales.detach().reshape(-1)
+                s = (flat if flat.dtype in (torch.float32, torch.float64)
+                     else flat.float()).cpu().numpy()[sel]
+                _, table, w64 = self._tables()
                 sels.append(sel)
-                ks.append(_nearest_boundary(scales.reshape(-1)[sel.to(scales.device)],
-                                            table)[0])
+                ks.append(_nearest_boundary_np(s, table, w64)[0])
         per = self.per_item
-        items = [] if not (self.hashed and per) else \
-            [b for b in range(start // per, (start + n - 1) // per + 1) if b in self.hashed]
-        if items:
-            assert per is not None
-            pos, k, dist = _near_boundaries(self.gc, scales, idx, HASH_THRESHOLD, self.widths,
-                                            self._windows)
-            number = pos + start  # across the batch
-            for b in items if pos.numel() else []:
-                part = ((number >= b * per) & (number < (b + 1) * per)).nonzero().squeeze(1)
-                mask = _hash_rule((number[part] - b * per).numpy(), dist[part].numpy(),
-                                  self.hashed[b])
-                chosen = part[torch.from_numpy(mask)]
-                sels.append(pos[chosen])
-                ks.append(k[chosen])
-        return _joined(sels, ks)
+        if self.hashed and per:
+            items = [b for b in range(start // per, (start + n - 1) // per + 1)
+                     if b in self.hashed]
+            if items:
+                flat = scales.reshape(-1)
+                if flat.device.type == "cpu":
+                    pos, k, dist = _near_boundaries_np(self.gc, flat, idx, HASH_THRESHOLD,
+                                                       self.widths, self._windows)
+                else:
+                    pos_t, k_t, dist_t = _near_boundaries(self.gc, scales, idx, HASH_THRESHOLD,
+                                                          self.widths, self._windows)
+                    pos, k, dist = pos_t.numpy(), k_t.numpy(), dist_t.numpy()
+                number = pos + start  # across the batch; ascending
+                for b in items if pos.size else []:
+                    lo, hi = np.searchsorted(number, [b * per, (b + 1) * per])
+                    mask = _hash_rule(number[lo:hi] - b * per, dist[lo:hi], self.hashed[b])
+                    sels.append(pos[lo:hi][mask])
+                    ks.append(k[lo:hi][mask])
+        if not sels:
+            return _EMPTY_I64, _EMPTY_I64
+        return np.concatenate(sels), np.concatenate(ks)
+
+    def _tables(self) -> tuple:
+        """The float64 boundary table and widths as numpy arrays, converted once."""
+        return _cached(self._windows, "tables", lambda: (
+            None, self.gc.scale_table[:-1].detach().to("cpu", torch.float64).numpy(),
+            None if self.widths is None
+            else self.widths.detach().to("cpu", torch.float64).numpy()))
 
     def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
         out = type(self.gc).quantize(self.gc, inputs, mode, means)
