@@ -21,15 +21,19 @@ def _trained_like(layer: GDN) -> GDN:
 
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_inplace_gdn_is_compressais_gdn_bit_for_bit(inverse, layout):
-    ref = _trained_like(GDN(16, inverse=inverse))
-    fast = InplaceGDN(16, inverse=inverse)
+@pytest.mark.parametrize("shape", [(2, 16, 9, 7), (2, 64, 40, 31)],
+                         ids=["one-tile", "tiles"])  # 2 480 positions: 3 tiles, the last short
+def test_inplace_gdn_is_compressais_gdn_bit_for_bit(inverse, layout, shape):
+    ref = _trained_like(GDN(shape[1], inverse=inverse))
+    fast = InplaceGDN(shape[1], inverse=inverse)
     fast.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 16, 9, 7).contiguous(memory_format=layout)
+    x = torch.randn(*shape).contiguous(memory_format=layout)
+    before = x.clone()
     with torch.no_grad():
         want, got = ref(x), fast(x)
     assert torch.equal(got, want)
-    assert torch.equal(x, x.clone())  # the input is untouched
+    assert got.is_contiguous(memory_format=layout)  # the layout it came in
+    assert torch.equal(x, before)  # the input is untouched
     # with autograd: CompressAI's own path, gradients included
     x.requires_grad_(True)
     fast(x).square().sum().backward()
