@@ -100,12 +100,14 @@ def test_staged_init_folds_and_records_lineage(tmp_path, data_dir):
     assert main(["train", "--config", str(base), "--init", str(runs / "bm")]) == 0
     ecg = _recipe(tmp_path, data_dir, steps=1, name="ecg", model="hyperprior-ecg", lmbda=0.01)
     assert main(["train", "--config", str(ecg), "--init", str(runs / "base")]) == 0
+    # resumed without --init (the recipe has none): the run keeps its start in the lineage
+    assert main(["train", "--config", str(ecg), "--resume", "--steps", "2"]) == 0
     out = tmp_path / "ecg.safetensors"
     assert main(["export", str(runs / "ecg"), "--out", str(out)]) == 0
     card = json.loads(Path(str(out) + ".json").read_text())
     assert [(link["run"], link["steps"]) for link in card["lineage"]] == [
-        ("bm", 2), ("base", 1), ("ecg", 1)]
-    assert card["total_steps"] == 4
+        ("bm", 2), ("base", 1), ("ecg", 2)]
+    assert card["total_steps"] == 5
 
 
 def test_bad_recipe_is_clear(tmp_path, capsys):

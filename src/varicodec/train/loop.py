@@ -320,6 +320,8 @@ def _resume(cfg: TrainConfig, run_dir: Path, model: VaricodecModel, optimizers: 
     sd, tensors, meta = load_checkpoint(ckpt_path)
     model.load_state_dict(sd)
     restore_state(tensors, meta, optimizers)
+    if not cfg.init:  # resumed without --init: the run still started from the same weights
+        cfg.init = meta.get("recipe", {}).get("init")
     if rank:
         random.seed(cfg.seed + rank + meta["step"])
         torch.manual_seed(cfg.seed + rank + meta["step"])
