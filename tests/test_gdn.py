@@ -19,11 +19,22 @@ def _trained_like(layer: GDN) -> GDN:
     return layer
 
 
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for the test and restores it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("shape", [(2, 16, 9, 7), (2, 64, 40, 31)],
-                         ids=["one-tile", "tiles"])  # 2 480 positions: 3 tiles, the last short
-def test_inplace_gdn_is_compressais_gdn_bit_for_bit(inverse, layout, shape):
+@pytest.mark.parametrize("shape", [(2, 16, 9, 7), (1, 192, 20, 24)], ids=["small", "N192"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_inplace_gdn_is_compressais_gdn_bit_for_bit(inverse, layout, shape, n_threads, threads):
+    """On one thread as on two (channels-last: through oneDNN at both, where
+    CompressAI's F.conv2d takes its plain matrix product on one thread)."""
+    threads(n_threads)
     ref = _trained_like(GDN(shape[1], inverse=inverse))
     fast = InplaceGDN(shape[1], inverse=inverse)
     fast.load_state_dict(ref.state_dict())
@@ -50,3 +61,16 @@ def test_models_use_it_with_unchanged_state_dict_keys():
     # a subclass with its own forward is left alone
     net = torch.nn.Sequential(GDN1(4), GDN(4))
     assert use_inplace_gdn(net) == 1 and type(net[0]) is GDN1
+
+
+def test_the_onednn_path_gives_the_same_output_on_one_and_two_threads(threads):
+    """At 320 channels CompressAI's layer itself differs in the low bits between one
+    thread (plain matrix product) and two (oneDNN); ours does not."""
+    layer = _trained_like(InplaceGDN(320, inverse=True))
+    x = torch.rand(1, 320, 16, 24).contiguous(memory_format=torch.channels_last)
+    out = []
+    with torch.no_grad():
+        for n in (1, 2):
+            threads(n)
+            out.append(layer(x))
+    assert torch.equal(out[0], out[1])

@@ -7,14 +7,15 @@ is bit for bit CompressAI's (``tests/test_gdn.py``). On this project's 2-core CP
 that makes the synthesis transform of the joint model about 1.1× faster
 (docs/results/joint-speed.md).
 
-A channels-last float32 input on the CPU (how the codec runs ``g_a`` and ``g_s``,
-docs/results/layout.md) is done in tiles of rows (positions): ``x²``, the 1×1
-convolution as the matrix product it is in that layout (``β + x² γᵀ``, the same
-product oneDNN runs for the convolution), the root and the product, one tile after the
-other, so that each tile's temporaries stay in the cache instead of three passes over
-image-sized tensors. Bit for bit the same output on this machine (the test checks it);
-the largest IGDN of the joint model's ``g_s`` (192 channels at 256×384) goes from 141
-to 78 ms on one thread.
+The 1×1 convolution of a channels-last float32 CPU input runs through oneDNN
+(``torch.mkldnn_convolution``) at every thread count. ``F.conv2d`` does the same from
+two threads on, but on one thread it hands a 1×1 convolution of a batch under 16 to
+its plain matrix product, which is 2.2× slower here (192 channels at 256×384: 72 → 32
+ms) and, from 256 channels on, sums in another order, so that CompressAI's layer gives
+other low bits on one thread than on two. Through oneDNN the output is the same on
+any thread count, and bit for bit ``F.conv2d``'s two-thread output (and its
+one-thread output at the widths of our models, 128 and 192 channels; the test checks
+both). ``benchmarks/gdn_onednn.py`` measures the effect on whole encodes and decodes.
 """
 
 from __future__ import annotations
@@ -37,39 +38,28 @@ class InplaceGDN(GDN):
         c = x.shape[1]
         beta = self.beta_reparam(self.beta)
         gamma = self.gamma_reparam(self.gamma).reshape(c, c, 1, 1)
-        if _tileable(x, gamma):
-            return self._tiled(x, gamma.reshape(c, c), beta)
-        norm = F.conv2d(x * x, gamma, beta)
+        x2 = x * x
+        norm = torch.mkldnn_convolution(x2, gamma, beta, (0, 0), (1, 1), (1, 1), 1) \
+            if _onednn(x2, gamma) else F.conv2d(x2, gamma, beta)
         norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
         # under autocast the norm may be of lower precision than x: then x · norm
         # promotes, as CompressAI's layer does
         return norm.mul_(x) if norm.dtype == x.dtype else x * norm
 
-    def _tiled(self, x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
-        """The inference path on a channels-last ``x``, :data:`TILE_ROWS` positions at
-        a time (``gamma``: ``C × C``)."""
-        b, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: channels-last is (B·H·W) × C
-        out = torch.empty_like(rows)
-        weight = gamma.t()
-        for i in range(0, rows.shape[0], TILE_ROWS):
-            xt, ot = rows[i:i + TILE_ROWS], out[i:i + TILE_ROWS]
-            torch.addmm(beta, xt * xt, weight, out=ot)
-            (ot.sqrt_() if self.inverse else ot.rsqrt_()).mul_(xt)
-        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+#: run the 1×1 convolution through oneDNN where :func:`_onednn` allows (``False``: always
+#: ``F.conv2d``, as before; benchmarks/gdn_onednn.py compares the two)
+ONEDNN = True
 
 
-#: positions per tile of :meth:`InplaceGDN._tiled` (192 channels: 0.75 MiB per temporary)
-TILE_ROWS = 1024
-
-
-def _tileable(x: Tensor, gamma: Tensor) -> bool:
-    """Whether :meth:`InplaceGDN._tiled` applies: a 4-d channels-last float32 CPU
-    tensor (parameters likewise), no autocast."""
-    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
+def _onednn(x: Tensor, gamma: Tensor) -> bool:
+    """Whether the norm's 1×1 convolution goes to oneDNN directly: a 4-d channels-last
+    float32 CPU input, float32 parameters, no autocast, oneDNN available and enabled."""
+    return (ONEDNN and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
             and gamma.dtype == torch.float32 and x.shape[1] > 1
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous() and not torch.is_autocast_enabled("cpu"))
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def use_inplace_gdn(net: nn.Module) -> int:
