@@ -9,6 +9,12 @@ steps, recipe), the commands that regenerate it (train the recipe whose ``name``
 card records, then export), and — while the bytes are in git history — the command that
 restores exactly those bytes. Entries already in the manifest whose file is no longer
 on disk are kept as they are, so the manifest outlives the files.
+
+A regenerate command already in the manifest is kept: the one derived from the card
+(train the last recipe, export) misses a chain of ``--init`` runs, so such commands are
+written by hand (docs/weights-policy.md). ``--rederive NAME …`` replaces the command of
+those files with the derived one; files whose bytes changed are listed so that their
+command can be checked.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ def main() -> int:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--verify", action="store_true",
                     help="check the files present against the manifest; write nothing")
+    ap.add_argument("--rederive", nargs="+", default=[], metavar="NAME",
+                    help="files whose regenerate command is derived from the card again "
+                         "instead of kept")
     a = ap.parse_args()
     folder = a.folder.resolve()
     if not folder.is_dir():
@@ -77,11 +86,21 @@ def main() -> int:
         print(f"{len(files) - len(bad)} of {len(files)} files match {manifest_path.name}"
               + (f"; not matching: {', '.join(bad)}" if bad else ""))
         return 1 if bad else 0
+    changed = []
     for p in files:
         new = entry(p)
-        if new["restore"] is None and p.name in known:  # not in history (any more)
-            new["restore"] = known[p.name].get("restore")
+        before = known.get(p.name)
+        if before is not None:
+            if new["restore"] is None:  # not in history (any more)
+                new["restore"] = before.get("restore")
+            if before.get("regenerate") and p.name not in a.rederive:
+                new["regenerate"] = before["regenerate"]
+            if before.get("sha256") != new["sha256"]:
+                changed.append(p.name)
         known[p.name] = new
+    for name in changed:
+        print(f"{name} changed: check that its regenerate command still makes it "
+              f"({known[name]['regenerate']})", file=sys.stderr)
     manifest = {
         "policy": "docs/weights-policy.md",
         "command": f"python scripts/weights_manifest.py {folder.relative_to(ROOT)}",

@@ -34,3 +34,40 @@ def test_manifests_describe_every_file(manifest):
         local = manifest.parent / e["file"]
         if local.exists():  # the machine that has them: same size (--verify checks sha256)
             assert local.stat().st_size == e["bytes"]
+
+
+def test_manifest_keeps_a_hand_written_regenerate_command():
+    """scripts/weights_manifest.py derives "train the last recipe, export" from the card;
+    a command already in the manifest (written by hand for an --init chain) survives a
+    re-run, and --rederive replaces it."""
+    import os
+    import shutil
+    import sys
+
+    folder = ROOT / "runs" / f"manifest-test-{os.getpid()}"  # runs/ is git-ignored
+    folder.mkdir(parents=True)
+    try:
+        (folder / "m.safetensors").write_bytes(b"weights")
+        (folder / "m.safetensors.json").write_text(json.dumps(
+            {"name": "joint-bm", "total_steps": 3, "recipe": {"name": "tiny-test"}}))
+        hand = "varicodec train --config a.yaml && varicodec train --config b.yaml --init x"
+        (folder / "MANIFEST.json").write_text(json.dumps({"weights": [{
+            "file": "m.safetensors", "bytes": 1, "sha256": "0" * 64,
+            "card": "m.safetensors.json", "regenerate": hand, "restore": None}]}))
+
+        def run(*extra):
+            r = subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
+                                str(folder), *extra], capture_output=True, text=True,
+                               timeout=120, cwd=ROOT)
+            assert r.returncode == 0, r.stderr
+            entry, = json.loads((folder / "MANIFEST.json").read_text())["weights"]
+            return entry, r.stderr
+
+        entry, err = run()
+        assert entry["regenerate"] == hand and entry["bytes"] == 7
+        assert "m.safetensors changed" in err  # its bytes differ from the old entry's
+        entry, err = run("--rederive", "m.safetensors")
+        assert entry["regenerate"].startswith("varicodec train --config configs/tiny-test.yaml")
+        assert "changed" not in err
+    finally:
+        shutil.rmtree(folder)
