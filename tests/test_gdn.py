@@ -74,3 +74,19 @@ def test_the_onednn_path_gives_the_same_output_on_one_and_two_threads(threads):
             threads(n)
             out.append(layer(x))
     assert torch.equal(out[0], out[1])
+
+
+def test_flops_are_counted_on_the_onednn_path(monkeypatch):
+    """FlopCounterMode has no formula for aten.mkldnn_convolution; count_flops adds it, so
+    a channels-last GDN counts the same FLOPs as through F.conv2d."""
+    from varicodec.eval.flops import count_flops
+    from varicodec.layers import gdn
+
+    layer = _trained_like(InplaceGDN(32, inverse=True))
+    x = torch.rand(1, 32, 12, 10).contiguous(memory_format=torch.channels_last)
+    counts = {}
+    for onednn in (True, False):
+        monkeypatch.setattr(gdn, "ONEDNN", onednn)
+        with torch.no_grad():
+            counts[onednn] = count_flops(layer, x)[1]
+    assert counts[True] == counts[False] == 2 * 32 * 32 * 12 * 10
