@@ -14,8 +14,9 @@ its plain matrix product, which is 2.2× slower here (192 channels at 256×384: 
 ms) and, from 256 channels on, sums in another order, so that CompressAI's layer gives
 other low bits on one thread than on two. Through oneDNN the output is the same on
 any thread count, and bit for bit ``F.conv2d``'s two-thread output (and its
-one-thread output at the widths of our models, 128 and 192 channels; the test checks
-both). ``benchmarks/gdn_onednn.py`` measures the effect on whole encodes and decodes.
+one-thread output at 128 and 192 channels, the widths of our models; the tests check 16
+and 192 channels on one and two threads, and 320 channels across thread counts).
+``benchmarks/gdn_onednn.py`` measures the effect on whole encodes and decodes.
 """
 
 from __future__ import annotations
