@@ -765,15 +765,12 @@ def _near_boundaries_np(gc: nn.Module, flat: Tensor, idx: Tensor, within: float,
     converted once per ``cache``."""
     def make():
         w = _windows(gc, within, widths, flat.device)
-        return (tuple(x.numpy() for x in w),
-                gc.scale_table[:-1].detach().to("cpu", torch.float64).numpy(),
-                None if widths is None else widths.detach().to("cpu", torch.float64).numpy())
+        return (tuple(x.numpy() for x in w), *_float64_tables(gc, widths))
 
     if within <= 0:
         return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
     windows, table, w64 = _cached(cache, ("numpy", within), make)
-    flat = flat.detach()
-    sv = (flat if flat.dtype in (torch.float32, torch.float64) else flat.float()).numpy()
+    sv = _scales_numpy(flat)
     if windows:
         above, below = windows
         iv = idx.reshape(-1).numpy()
@@ -786,6 +783,19 @@ def _near_boundaries_np(gc: nn.Module, flat: Tensor, idx: Tensor, within: float,
     k, dist = _nearest_boundary_np(sv[pre], table, w64)
     keep = dist < within
     return pre[keep], k[keep], dist[keep]
+
+
+def _float64_tables(gc: nn.Module, widths: Tensor | None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The boundaries ``scale_table[:-1]`` and the widths as float64 numpy arrays."""
+    return (gc.scale_table[:-1].detach().to("cpu", torch.float64).numpy(),
+            None if widths is None else widths.detach().to("cpu", torch.float64).numpy())
+
+
+def _scales_numpy(flat: Tensor) -> np.ndarray:
+    """Raw scales as a CPU numpy array, float32 or float64 as they are (others: float32)."""
+    flat = flat.detach()
+    return (flat if flat.dtype in (torch.float32, torch.float64) else flat.float()).cpu().numpy()
 
 
 def _windows(gc: nn.Module, within: float, widths: Tensor | None,
@@ -960,25 +970,18 @@ class _IndexGuard:
             forced = self.forced.numpy()
             sel = forced[(forced >= start) & (forced < start + n)] - start
             if sel.size:
-                flat = scales.detach().reshape(-1)
-                s = (flat if flat.dtype in (torch.float32, torch.float64)
-                     else flat.float()).cpu().numpy()[sel]
-                _, table, w64 = self._tables()
+                table, w64 = _cached(self._windows, "tables",
+                                     lambda: _float64_tables(self.gc, self.widths))
                 sels.append(sel)
-                ks.append(_nearest_boundary_np(s, table, w64)[0])
+                ks.append(_nearest_boundary_np(_scales_numpy(scales.reshape(-1))[sel],
+                                               table, w64)[0])
         per = self.per_item
         if self.hashed and per:
             items = [b for b in range(start // per, (start + n - 1) // per + 1)
                      if b in self.hashed]
             if items:
-                flat = scales.reshape(-1)
-                if flat.device.type == "cpu":
-                    pos, k, dist = _near_boundaries_np(self.gc, flat, idx, HASH_THRESHOLD,
-                                                       self.widths, self._windows)
-                else:
-                    pos_t, k_t, dist_t = _near_boundaries(self.gc, scales, idx, HASH_THRESHOLD,
-                                                          self.widths, self._windows)
-                    pos, k, dist = pos_t.numpy(), k_t.numpy(), dist_t.numpy()
+                pos, k, dist = (t.numpy() for t in _near_boundaries(
+                    self.gc, scales, idx, HASH_THRESHOLD, self.widths, self._windows))
                 number = pos + start  # across the batch; ascending
                 for b in items if pos.size else []:
                     lo, hi = np.searchsorted(number, [b * per, (b + 1) * per])
@@ -988,13 +991,6 @@ class _IndexGuard:
         if not sels:
             return _EMPTY_I64, _EMPTY_I64
         return np.concatenate(sels), np.concatenate(ks)
-
-    def _tables(self) -> tuple:
-        """The float64 boundary table and widths as numpy arrays, converted once."""
-        return _cached(self._windows, "tables", lambda: (
-            None, self.gc.scale_table[:-1].detach().to("cpu", torch.float64).numpy(),
-            None if self.widths is None
-            else self.widths.detach().to("cpu", torch.float64).numpy()))
 
     def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
         out = type(self.gc).quantize(self.gc, inputs, mode, means)
