@@ -35,7 +35,9 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
 read -r -a QS <<<"${QUALITIES:-1 2 3 4 5 6 7 8}"
 case $ARCH in
   hyperprior) defaults=(bm base ecg extra ecgbm ablation) ;;
-  mean | hyperprior-paper) defaults=(pre bm base ecg extra ecgbm); widths=(128x192 192x320) ;;
+  # the N=128/M=192 fixed-rate models start from the strongest universal model of that width
+  # (their base configs' init), so only N=192/M=320 is pre-trained here
+  mean | hyperprior-paper) defaults=(pre bm base ecg extra ecgbm); widths=(192x320) ;;
   joint) defaults=(pre bm base ecg extra ecgbm); widths=(192x192 192x320) ;;
   *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper mean joint)" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 """Every recipe in configs/ parses into a TrainConfig and names a registry model;
 the GPU queue's plan names recipes that exist."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -64,12 +65,14 @@ def _grid(arch: str, *stages: str) -> list[tuple[Path, str]]:
 @pytest.mark.parametrize("arch", ["mean", "joint", "hyperprior-paper"])
 def test_paper_grid_has_the_issue_sizes(arch):
     """8 base, 8 ecg, 8 extra at CompressAI's width of each quality, bm and ecgbm at
-    N=192/M=320, one pre-training per width; every model starts from one trained earlier in
-    the grid; every configs/paper/{arch}-*.yaml is in it."""
+    N=192/M=320, one pre-training per width (or, for a base, an exported universal model of
+    its width and architecture whose card is in git); every model starts from one trained
+    earlier in the grid; every configs/paper/{arch}-*.yaml is in it."""
     grid = _grid(arch)
     registry_arch = arch.removesuffix("-paper")
     widths = ARCHITECTURES[registry_arch].widths[:8]
-    assert len(grid) == 8 * 3 + 2 + len(set(widths))
+    pre = {p.stem.removeprefix(f"{arch}-pre-") for p, _ in grid if "-pre-" in p.stem}
+    assert len(grid) == 8 * 3 + 2 + len(pre) and f"{UNIVERSAL[0]}x{UNIVERSAL[1]}" in pre
     assert {p for p, _ in grid} == set(PAPER.glob(f"{arch}-*.yaml"))
     assert len({e for _, e in grid}) == len(grid)
     trained: set[str] = set()
@@ -89,7 +92,14 @@ def test_paper_grid_has_the_issue_sizes(arch):
             assert (cfg.N, cfg.M) == widths[q - 1], path.name
             assert cfg.lmbda == pytest.approx(QUALITY_LMBDAS[q - 1])
             parent = f"pre-{cfg.N}x{cfg.M}" if stage == f"base-q{q}" else f"base-q{q}"
-            assert cfg.init == f"runs/paper-{arch}-{parent}", path.name
+            if parent.startswith("pre-") and parent.removeprefix("pre-") not in pre:
+                card = json.loads((ROOT / f"{cfg.init}.json").read_text())  # exported weights
+                assert (card["arch"], card["variant"], card["N"], card["M"]) == (
+                    registry_arch, "bm", cfg.N, cfg.M), path.name
+                assert card["lmbda_range"] == [QUALITY_LMBDAS[0], QUALITY_LMBDAS[-1]]
+                trained.add(cfg.init)
+            else:
+                assert cfg.init == f"runs/paper-{arch}-{parent}", path.name
         if variant in ("ecg", "ecgbm"):
             assert cfg.gamma > 0 and cfg.regularizer == "flops"
         assert cfg.name == f"paper-{path.stem}" and export.startswith(arch)
