@@ -82,6 +82,25 @@ def test_set_values_override_with_none(tmp_path):
         load_config(path)
 
 
+def test_recipe_values_are_typed(tmp_path):
+    """YAML 1.1 reads 1e-5 (no dot) as a string: a float key takes it as the number; a
+    value of the wrong type is a one-line error naming the key, not a failure mid-training."""
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 1e-5\nlmbda_range: [1e-3, 0.18]\nsteps: 5\n")
+    cfg = load_config(path, set_values={"gate_lr": "2e-3"})
+    assert (cfg.lr, cfg.lmbda_range, cfg.gate_lr) == (1e-5, [1e-3, 0.18], 2e-3)
+    assert isinstance(cfg.lmbda_range[0], float)
+    assert load_config(path, set_values={"lr": 1}).lr == 1.0
+    for key, value, message in [("lr", "fast", "lr must be a number"),
+                                ("steps", 2.5, "steps must be an integer"),
+                                ("steps", True, "steps must be an integer"),
+                                ("lmbda", None, "lmbda cannot be null"),
+                                ("scale", 0.5, "scale must be a list"),
+                                ("channels_last", "yes", "channels_last must be true or false")]:
+        with pytest.raises(ValueError, match=message):
+            load_config(path, set_values={key: value})
+
+
 @pytest.mark.parametrize("name", ["hyperprior-bm", "mean-ecgbm"])
 def test_autocast_keeps_entropy_models_float32(name):
     model = tiny(name).train()
@@ -135,6 +154,9 @@ def test_set_rejects_malformed(tmp_path, images, capsys):
     recipe = _tiny_recipe(tmp_path, images)
     assert main(["train", "--config", str(recipe), "--set", "amp"]) != 0
     assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--config", str(recipe), "--set", "lr=fast"]) != 0
+    err = capsys.readouterr().err
+    assert "lr must be a number" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

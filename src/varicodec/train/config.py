@@ -100,7 +100,48 @@ def load_config(path: str | Path, set_values: dict | None = None, **overrides) -
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown recipe keys {unknown}")
-    cfg = TrainConfig(**data)
+    cfg = TrainConfig(**{k: _typed(k, v, path) for k, v in data.items()})
     if cfg.amp not in (None, "bf16", "bf16-inner"):
         raise ValueError(f"{path}: amp must be bf16, bf16-inner or absent, got {cfg.amp!r}")
     return cfg
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _number(key: str, value, kind: type, path: Path):
+    """``value`` as ``kind`` (int or float). YAML 1.1 reads ``1e-5`` (no dot) as a string,
+    so a float key takes a numeric string too; a bool is never a number."""
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        raise ValueError(f"{path}: {key} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {value!r}")
+    return kind(value)
+
+
+def _typed(key: str, value, path: Path):
+    """A recipe value checked against (and for numbers coerced to) its field's type."""
+    annotation = _FIELD_TYPES[key].replace(" | None", "")
+    if value is None:
+        if _FIELD_TYPES[key] == annotation:
+            raise ValueError(f"{path}: {key} cannot be null")
+        return None
+    if annotation in ("int", "float"):
+        return _number(key, value, int if annotation == "int" else float, path)
+    if annotation.startswith("list["):
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: {key} must be a list, got {value!r}")
+        if annotation == "list[float]":
+            return [_number(key, v, float, path) for v in value]
+        return [str(v) for v in value]
+    if annotation == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{path}: {key} must be true or false, got {value!r}")
+    if annotation == "dict" and not isinstance(value, dict):
+        raise ValueError(f"{path}: {key} must be a mapping, got {value!r}")
+    if annotation == "str" and not isinstance(value, str):
+        raise ValueError(f"{path}: {key} must be a string, got {value!r}")
+    return value
