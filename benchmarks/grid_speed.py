@@ -1,19 +1,29 @@
 """Wall-clock encode/decode of trained gated models against their dense fixed-rate baselines.
 
 For every quality q this times, on the same Kodak images and in one run with the
-repetitions interleaved after one untimed warm-up round, ``model.compress`` and
-``model.decompress`` of
+repetitions interleaved after one untimed warm-up round,
 
-* ``base``: the dense fixed-rate model at q (CompressAI's ScaleHyperprior, nothing added),
-* ``ecg``: the gated fixed-rate model at q (sparse execution of live channels),
-* ``ecgbm``: the one universal model at λ_q (sparse execution),
+* ``compressai``: CompressAI's own ``compress`` / ``decompress`` on a fresh network of the
+  architecture's CompressAI class holding the dense base model's weights, as shipped
+  (its GDN, NCHW) — the issue's "dense CompressAI";
+* ``base``: the dense fixed-rate model at q through ``VaricodecModel`` (our CPU layout,
+  nothing gated);
+* ``ecg``: the gated fixed-rate model at q (sparse execution of live channels);
+* ``ecgbm``: the one universal gated model at λ_q (sparse execution), when there is one,
 
-and reports the speed-ups ``time(base) / time(model)`` (> 1 = faster) with 1 and 2 torch
-threads, plus each model's measured sparsity. Weights come from ``--dir`` as written by
-``scripts/paper_grid.sh``::
+and reports the speed-ups ``time(base) / time(model)`` and ``time(compressai) /
+time(model)`` (> 1 = faster) with 1 and 2 torch threads, plus each model's measured
+sparsity. Weights come from ``--dir`` as written by ``scripts/paper_grid.sh``: with
+``--arch hyperprior`` (the default) issue 7's files ``hyperprior-{base,ecg}-q{q}`` and
+``hyperprior-ecgbm``; with ``--arch hyperprior-paper``, ``mean`` or ``joint`` that grid's
+``{arch}-{base,ecg}-q{q}`` (``--dense base-extra`` times the fair baseline's weights
+instead: the same network) and ``{arch}-ecgbm`` if it exists (``--ecgbm`` names another
+file, ``--ecgbm none`` leaves it out)::
 
     nice -n 10 .venv/bin/python benchmarks/grid_speed.py --limit 4 \\
         --json docs/results/hyperprior/speed.json
+    python benchmarks/grid_speed.py --arch hyperprior-paper --quality 1,2,3,4,5 \\
+        --ecgbm checkpoints/gpu/hyperprior-ecgbm-128.safetensors --json speed.json
 
 The OpenMP wait policy is set to passive (see benchmarks/sparse_speed.py for why).
 """
@@ -45,6 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quality", default="1,2,3,4,5,6,7,8")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--reps", type=int, default=2, help="interleaved repetitions per image")
+    p.add_argument("--arch", default="hyperprior",
+                   help="file prefix of the grid: hyperprior (issue 7), hyperprior-paper, "
+                        "mean or joint")
+    p.add_argument("--dense", default="base", choices=("base", "base-extra"),
+                   help="which dense fixed-rate files to time as `base`")
+    p.add_argument("--ecgbm", default=None,
+                   help="the universal gated model (default: {arch}-ecgbm in --dir if "
+                        "present; 'none' to leave it out)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -60,6 +78,38 @@ def _sparsity(model) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def compressai_network(model):
+    """A fresh CompressAI network of ``model``'s architecture and width holding its dense
+    weights: CompressAI's model as shipped (its own GDN, NCHW parameters)."""
+    from varicodec.models import ARCHITECTURES
+
+    net = ARCHITECTURES[model.arch].build(model.config["N"], model.config["M"]).eval()
+    state = {k.removeprefix("net."): v for k, v in model.state_dict().items()
+             if k.startswith("net.") and ".gate." not in k}
+    net.load_state_dict(state)
+    net.update(force=True)
+    return net
+
+
+class _CompressAI:
+    """CompressAI's coder with the call signature of ``VaricodecModel`` used below."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+
+    def compress(self, x):
+        return self.net.compress(x)
+
+    def decompress(self, strings, shape, _lmbda_code=None):
+        return self.net.decompress(strings, shape)
+
+
+def _paths(args, q: int) -> tuple[Path, Path]:
+    """(dense, ecg) weight files of quality ``q``."""
+    return (args.dir / f"{args.arch}-{args.dense}-q{q}.safetensors",
+            args.dir / f"{args.arch}-ecg-q{q}.safetensors")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from varicodec.imageio import load_rgb, to_tensor
@@ -70,14 +120,31 @@ def main(argv=None) -> int:
         print(f"grid_speed: no Kodak images in {args.data}: nothing measured", file=sys.stderr)
         return 1
     xs = [to_tensor(load_rgb(p)) for p in images]
-    ecgbm = load_model(args.dir / "hyperprior-ecgbm.safetensors")
+    qualities = [int(v) for v in args.quality.split(",")]
+    ecgbm_path = (None if args.ecgbm == "none" else Path(args.ecgbm) if args.ecgbm
+                  else args.dir / f"{args.arch}-ecgbm.safetensors")
+    if ecgbm_path is not None and not ecgbm_path.is_file():
+        if args.ecgbm:
+            print(f"grid_speed: no such weights {ecgbm_path}", file=sys.stderr)
+            return 1
+        ecgbm_path = None  # the grid has no universal model (yet)
+    missing = [p for q in qualities for p in _paths(args, q) if not p.is_file()]
+    if missing:
+        print(f"grid_speed: no weights {missing[0]} (train the grid: scripts/paper_grid.sh)",
+              file=sys.stderr)
+        return 1
+    ecgbm = load_model(ecgbm_path) if ecgbm_path else None
+    gated = ("ecg", "ecgbm") if ecgbm else ("ecg",)
     rows = []
-    for q in (int(v) for v in args.quality.split(",")):
+    for q in qualities:
         lam = LAMBDAS[q - 1]
+        dense_path, ecg_path = _paths(args, q)
+        dense = load_model(dense_path)
         # name → (model, keyword arguments of its compress call)
-        models = {"base": (load_model(args.dir / f"hyperprior-base-q{q}.safetensors"), {}),
-                  "ecg": (load_model(args.dir / f"hyperprior-ecg-q{q}.safetensors"), {}),
-                  "ecgbm": (ecgbm, {"lmbda": lam})}
+        models = {"compressai": (_CompressAI(compressai_network(dense)), {}),
+                  "base": (dense, {}), "ecg": (load_model(ecg_path), {})}
+        if ecgbm:
+            models["ecgbm"] = (ecgbm, {"lmbda": lam})
         for threads in (int(v) for v in args.threads.split(",")):
             torch.set_num_threads(threads)
             enc = {k: [] for k in models}
@@ -93,7 +160,7 @@ def main(argv=None) -> int:
                             c, te = _time(model.compress, x, **kw)
                             _, td = _time(model.decompress, c["strings"], c["shape"],
                                           c.get("lmbda_code"))
-                            s = _sparsity(model)
+                            s = _sparsity(model) if name != "compressai" else None
                             enc[name].append(te)
                             dec[name].append(td)
                             if s is not None:
@@ -102,29 +169,33 @@ def main(argv=None) -> int:
                    "encode_s": {k: median(v) for k, v in enc.items()},
                    "decode_s": {k: median(v) for k, v in dec.items()},
                    "sparsity": {k: (sum(v) / len(v) if v else None) for k, v in sparsity.items()}}
-            for k in ("ecg", "ecgbm"):
-                row[f"{k}_encode_speedup"] = row["encode_s"]["base"] / row["encode_s"][k]
-                row[f"{k}_decode_speedup"] = row["decode_s"]["base"] / row["decode_s"][k]
+            for k in gated:
+                for ref, suffix in (("base", ""), ("compressai", "_vs_compressai")):
+                    row[f"{k}_encode_speedup{suffix}"] = row["encode_s"][ref] / row["encode_s"][k]
+                    row[f"{k}_decode_speedup{suffix}"] = row["decode_s"][ref] / row["decode_s"][k]
             rows.append(row)
-            print(f"q{q} {threads}t  encode ×{row['ecg_encode_speedup']:.2f} (ecg) "
-                  f"×{row['ecgbm_encode_speedup']:.2f} (ecgbm)  decode "
-                  f"×{row['ecg_decode_speedup']:.2f} (ecg) ×{row['ecgbm_decode_speedup']:.2f} "
-                  f"(ecgbm)  base {row['encode_s']['base']:.2f}/{row['decode_s']['base']:.2f} s",
-                  flush=True)
-    result = {"images": [p.name for p in images], "reps": args.reps,
+            print(f"q{q} {threads}t  " + "  ".join(
+                f"{k}: enc ×{row[f'{k}_encode_speedup']:.2f} dec ×{row[f'{k}_decode_speedup']:.2f}"
+                f" (vs CompressAI ×{row[f'{k}_encode_speedup_vs_compressai']:.2f} / "
+                f"×{row[f'{k}_decode_speedup_vs_compressai']:.2f})" for k in gated)
+                + f"  base {row['encode_s']['base']:.2f}/{row['decode_s']['base']:.2f} s",
+                flush=True)
+    result = {"arch": args.arch, "dense": args.dense,
+              "ecgbm": str(ecgbm_path) if ecgbm_path else None,
+              "images": [p.name for p in images], "reps": args.reps,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "load_average": os.getloadavg(), "torch": torch.__version__, "rows": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
-    print("\n| q | threads | ecg enc × | ecg dec × | ecgbm enc × | ecgbm dec × "
-          "| sparsity ecg / ecgbm |")
-    print("|---|---|---|---|---|---|---|")
+    head = " | ".join(f"{k} enc × | {k} dec × | {k} dec × CompressAI" for k in gated)
+    print(f"\n| q | threads | {head} | sparsity {' / '.join(gated)} |")
+    print("|---|---|" + "---|" * (3 * len(gated) + 1))
     for r in rows:
-        print(f"| {r['quality']} | {r['threads']} | {r['ecg_encode_speedup']:.2f} | "
-              f"{r['ecg_decode_speedup']:.2f} | {r['ecgbm_encode_speedup']:.2f} | "
-              f"{r['ecgbm_decode_speedup']:.2f} | {r['sparsity']['ecg']:.2f} / "
-              f"{r['sparsity']['ecgbm']:.2f} |")
+        cells = " | ".join(f"{r[f'{k}_encode_speedup']:.2f} | {r[f'{k}_decode_speedup']:.2f} | "
+                           f"{r[f'{k}_decode_speedup_vs_compressai']:.2f}" for k in gated)
+        sp = " / ".join(f"{r['sparsity'][k]:.2f}" for k in gated)
+        print(f"| {r['quality']} | {r['threads']} | {cells} | {sp} |")
     return 0
 
 

@@ -86,7 +86,7 @@ MUTANTS = {
         "benchmarks/rate_control.py",
         'nothing measured", file=sys.stderr)\n        return 1',
         'nothing measured", file=sys.stderr)\n        return 0',
-        ["tests/test_benchmarks_nodata.py::test_missing_data_is_not_a_success"]),
+        ["tests/test_benchmarks.py::test_missing_data_is_not_a_success"]),
 }
 
 # the tests that covered each mutant's code before issue 18 (commit a852c93), for TESTS_REF

@@ -1,0 +1,51 @@
+"""Benchmarks: without their data they measure nothing (exit non-zero and say so); grid_speed
+times a grid against CompressAI's own network."""
+
+import json
+
+import pytest
+import torch
+from conftest import load_benchmark
+
+
+@pytest.mark.parametrize("name", ["rate_control", "grid_speed", "sparse_speed"])
+def test_missing_data_is_not_a_success(name, tmp_path, capsys):
+    bench = load_benchmark(name)
+    assert bench.main(["--data", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "nothing measured" in err and str(tmp_path / "nothing") in err
+
+
+@pytest.mark.parametrize("arch", ["hyperprior", "mean"])
+def test_grid_speed_times_a_grid_against_compressai(arch, tmp_path, capsys):
+    """Every coder runs on the same images; CompressAI's own network of the dense weights
+    writes the dense model's y stream; a missing file is a one-line error."""
+    from conftest import set_sparsity, tiny, write_images
+
+    from varicodec.models import load_model, save_model
+
+    prefix = "hyperprior-paper" if arch == "hyperprior" else arch
+    folder = tmp_path / "w"
+    folder.mkdir()
+    bench = load_benchmark("grid_speed")
+    args = ["--dir", str(folder), "--arch", prefix, "--quality", "1", "--threads", "1",
+            "--reps", "1", "--limit", "1", "--data",
+            str(write_images(tmp_path / "img", 1, (64, 64), 8))]
+    assert bench.main(args) == 1
+    assert f"{prefix}-base-q1" in capsys.readouterr().err
+    save_model(tiny(f"{arch}-base").eval(), folder / f"{prefix}-base-q1.safetensors")
+    ecg = tiny(f"{arch}-ecg").eval()
+    set_sparsity(ecg)
+    save_model(ecg, folder / f"{prefix}-ecg-q1.safetensors")
+    out = tmp_path / "speed.json"
+    assert bench.main([*args, "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert set(row["decode_s"]) == {"compressai", "base", "ecg"}
+    assert row["ecg_decode_speedup_vs_compressai"] > 0 and 0 < row["sparsity"]["ecg"] < 1
+    base = load_model(folder / f"{prefix}-base-q1.safetensors")
+    net = bench.compressai_network(base)
+    assert not any(type(m).__name__ == "InplaceGDN" for m in net.modules())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        ours, theirs = base.compress(x), net.compress(x)
+    assert ours["strings"][0] == theirs["strings"][0]  # the same dense network
