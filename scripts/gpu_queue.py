@@ -332,6 +332,9 @@ def _train_job(job: dict, minutes: float, out: Path, logs: Path, runs: Path) -> 
            *(["--init", str(init)] if init else []),
            *([f"--set=init_parts={json.dumps(job['parts'])}"]
              if _starts_line_from(job, "parts_from") else []),
+           # `steps`: a step-matched run (e.g. the dense partner of a gated fork); its lr
+           # decays follow the steps, `minutes` only bounds it
+           *([f"--set=steps={int(job['steps'])}"] if job.get("steps") else []),
            "--time-budget", f"{minutes:.3f}"]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()

@@ -187,6 +187,9 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
         {"id": "j-mean", "line": "tiny-mean", "config": str(tmp_path / "tiny-mean.yaml"),
          "parts_from": "line:tiny-bm", "parts": ["g_a", "g_s", "modulator", "demodulator"],
          "minutes": 0.03, "min_minutes": 0.01, "overhead_s": 5, "status": "pending"},
+        {"id": "j-steps", "line": "tiny-bm-extra", "config": str(tmp_path / "tiny-bm.yaml"),
+         "init": "line:tiny-bm", "steps": 3, "minutes": 0.5, "overhead_s": 5,
+         "status": "pending"},
         {"id": "j-uncarried", "line": "tiny-bm", "config": str(tmp_path / "tiny-bm.yaml"),
          "init": str(tmp_path / "absent.safetensors"), "minutes": 0.03, "overhead_s": 5,
          "status": "pending"},
@@ -215,7 +218,10 @@ def test_gpu_queue_runs_and_collects(tmp_path, images):
     assert (window / "hello.txt").read_text() == "hi"
     report = json.loads((window / "report.json").read_text())
     assert [j["id"] for j in report["jobs"]] == ["j-cmd", "j-train", "j-wide", "j-mean",
-                                                 "j-uncarried", "j-late"]
+                                                 "j-steps", "j-uncarried", "j-late"]
+    assert jobs["j-steps"]["result"]["steps"] == 3             # step-matched, not timed
+    extra = json.loads((lines / "tiny-bm-extra.safetensors.json").read_text())
+    assert extra["lineage"][-1] == {"run": "j-steps", "model": "hyperprior-bm", "steps": 3}
     card = json.loads((lines / "tiny-bm.safetensors.json").read_text())
     assert card["lineage"][-1]["run"] == "j-train"
 
