@@ -75,6 +75,22 @@ def _model(spec: str | None):
     return resolve_model(spec)
 
 
+def _quality(m, q: float) -> float | None:
+    """The rate option of an encode: ``q`` for a variable-rate model; a fixed-rate model
+    codes at its own λ and takes none."""
+    return q if m.variable_rate else None
+
+
+def _fixed_rate_quality(spec: str | None) -> float | None:
+    """A fixed-rate model's own quality (from its λ), or None for a variable-rate one."""
+    m = _model(spec)
+    if m.variable_rate:
+        return None
+    from varicodec.quality import lmbda_to_quality
+
+    return round(lmbda_to_quality(m.lmbda), 3)
+
+
 def _emit(obj, out: str | None) -> None:
     text = json.dumps(obj, indent=1)
     print(text)
@@ -109,7 +125,7 @@ def cmd_rate(a: argparse.Namespace) -> None:
         for q in a.qualities:
             seen.clear()
             if a.margin is None:
-                data = encode_image(p, m, quality=q, compute_psnr=False).data
+                data = encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data
             else:  # another margin: fixed, or a.margin·(λ / λ_min)^½ with --lambda-scaled
                 lm = quality_to_lmbda(q)
                 margin = a.margin * ((lm / QUALITY_LMBDAS[0]) ** 0.5 if a.lambda_scaled else 1)
@@ -197,7 +213,8 @@ def cmd_time(a: argparse.Namespace) -> None:
             # the baseline is what decoding did before the guard: a file coded without
             # it (index_margin=0), no guard stream, no symbol check. (A guarded file
             # decoded without its guard stream would desynchronise: not a baseline.)
-            c = Container.unpack(encode_image(p, m, quality=q, compute_psnr=False).data)
+            c = Container.unpack(
+                encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data)
             u = Container.unpack(_encode(encode_image, m, p, q, {"index_margin": 0.0}))
             zh, zw = _z_shape(m, c.width, c.height)
             n_y = m.config["M"] * zh * zw * 16
@@ -306,11 +323,11 @@ def _file_guard(m, f: Path) -> dict:
 
 def _encode(encode_image, m, p, q, kw) -> bytes:
     if not kw:
-        return encode_image(p, m, quality=q, compute_psnr=False).data
+        return encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data
     orig = m.compress
     m.compress = lambda x, lmbda=None: orig(x, lmbda, **kw)
     try:
-        return encode_image(p, m, quality=q, compute_psnr=False).data
+        return encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data
     finally:
         del m.compress
 
@@ -455,7 +472,7 @@ def cmd_noise(a: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for p in _images(a.images, a.names, a.limit):
             for q in a.qualities:
-                data = encode_image(p, m, quality=q, compute_psnr=False).data
+                data = encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data
                 (Path(tmp) / f"{p.stem}.q{q}.vcd").write_bytes(data)
         cmd = [sys.executable, __file__, "noise-worker", "--work", tmp, "--at", a.at]
         cmd += ["--model", a.model] if a.model else []
@@ -557,6 +574,13 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--name", required=True)
             p.add_argument("--encode", action="store_true")
     a = ap.parse_args(argv)
+    own = _fixed_rate_quality(a.model) if a.cmd not in ("worker", "noise-worker") else None
+    if own is not None:  # one file per image, at the model's λ (named by its quality)
+        if a.qualities != [own]:
+            print(f"portability: {a.model} is fixed-rate (quality {own:g}); "
+                  f"--qualities {' '.join(f'{q:g}' for q in a.qualities)} ignored",
+                  file=sys.stderr)
+        a.qualities = [own]
     a.func(a)
 
 

@@ -49,3 +49,24 @@ def test_grid_speed_times_a_grid_against_compressai(arch, tmp_path, capsys):
     with torch.inference_mode():
         ours, theirs = base.compress(x), net.compress(x)
     assert ours["strings"][0] == theirs["strings"][0]  # the same dense network
+
+
+def test_portability_takes_a_fixed_rate_model(tmp_path, capsys):
+    """A fixed-rate model codes at its own λ: the benchmark writes one file per image,
+    named by the model's quality, and says that --qualities was ignored."""
+    from conftest import tiny, write_images
+
+    from varicodec.models import save_model
+
+    model = tiny("mean-base", lmbda=0.0067).eval()
+    model.update(force=True)
+    path = tmp_path / "mean-base.safetensors"
+    save_model(model, path)
+    bench = load_benchmark("portability")
+    out = tmp_path / "rate.json"
+    bench.main(["rate", "--model", str(path), "--images",
+                str(write_images(tmp_path / "img", 2, (64, 64), 8)), "--qualities", "1", "4",
+                "-o", str(out)])
+    assert "fixed-rate (quality 3)" in capsys.readouterr().err
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 and {r["quality"] for r in rows} == {3.0}
