@@ -544,7 +544,8 @@ def main(argv: list[str] | None = None) -> None:
                                                / "shared" / "data" / "kodak"))
         p.add_argument("--names", nargs="*")
         p.add_argument("--limit", type=int)
-        p.add_argument("--qualities", type=float, nargs="+", default=[1, 4, 8])
+        p.add_argument("--qualities", type=float, nargs="+", default=None,
+                       help="qualities of a variable-rate model (default 1 4 8)")
         p.add_argument("--model")
         p.add_argument("-o", "--output")
         p.set_defaults(func={"rate": cmd_rate, "time": cmd_time, "matrix": cmd_matrix,
@@ -576,11 +577,12 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     own = _fixed_rate_quality(a.model) if a.cmd not in ("worker", "noise-worker") else None
     if own is not None:  # one file per image, at the model's λ (named by its quality)
-        if a.qualities != [own]:
+        if a.qualities not in (None, [own]):
             print(f"portability: {a.model} is fixed-rate (quality {own:g}); "
                   f"--qualities {' '.join(f'{q:g}' for q in a.qualities)} ignored",
                   file=sys.stderr)
         a.qualities = [own]
+    a.qualities = a.qualities or [1.0, 4.0, 8.0]
     a.func(a)
 
 
