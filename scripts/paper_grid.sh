@@ -3,7 +3,10 @@
 # checkpoints/paper/ (configs/paper/README.md). Resumable: finished runs are skipped,
 # interrupted ones continue from their checkpoint. Usage:
 #   [ARCH=hyperprior|hyperprior-paper|mean|joint] bash scripts/paper_grid.sh [STAGE...]
-#   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation)
+#   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation); and, not among the
+#   defaults, eval: Kodak evaluations of the base, ecg and base-extra sets of QUALITIES
+#   into docs/results/paper/{arch}-{set}-q{first}-{last}.json and the ECG-vs-base-extra
+#   table {arch}-ecg-vs-extra-q{first}-{last}.md (issue 12's grids; KODAK= the image folder)
 # ARCH=hyperprior (the default) is issue 7's grid, N=128/M=192 throughout, unchanged; its
 # default stages are bm base ecg extra ecgbm ablation, and `pre` trains its shared
 # pre-training configs/hyperprior-bm-cpu.yaml. ARCH=mean, ARCH=joint and ARCH=hyperprior-paper
@@ -33,6 +36,22 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
 }
 
 read -r -a QS <<<"${QUALITIES:-1 2 3 4 5 6 7 8}"
+
+evaluate() {  # the Kodak evaluations and the table of the fixed-rate sets of QS
+  local results=${RESULTS:-docs/results/paper} span="q${QS[0]}-${QS[-1]}" ref=${ARCH%-paper}
+  local label=$ref v q files
+  [[ $ARCH == hyperprior ]] && { echo "eval: issue 7's grid is evaluated as in hyperprior.md" >&2; exit 2; }
+  for v in base ecg base-extra; do
+    files=()
+    for q in "${QS[@]}"; do files+=("$OUT/$ARCH-$v-q$q.safetensors"); done
+    local cmd=("$VARICODEC" eval --model "${files[@]}" "${KODAK:-../shared/data/kodak}"
+               -o "$results/$ARCH-$v-$span.json" --label "$label $v" --threads 2 --force)
+    if [[ -n ${DRY_RUN:-} ]]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi
+  done
+  cmd=("$VARICODEC" table "$results/$ARCH-base-extra-$span.json" "$results/$ARCH-ecg-$span.json"
+       --reference "$ref" -o "$results/$ARCH-ecg-vs-extra-$span.md")
+  if [[ -n ${DRY_RUN:-} ]]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi
+}
 case $ARCH in
   hyperprior) defaults=(bm base ecg extra ecgbm ablation) ;;
   # the N=128/M=192 fixed-rate models start from the strongest universal model of that width
@@ -56,6 +75,7 @@ for stage in "${stages[@]}"; do
     *:ecg) for q in "${QS[@]}"; do run "paper/$ARCH-ecg-q$q" "$ARCH-ecg-q$q"; done ;;
     *:extra) for q in "${QS[@]}"; do run "paper/$ARCH-base-q$q-extra" "$ARCH-base-extra-q$q"; done ;;
     *:ecgbm) run "paper/$ARCH-ecgbm" "$ARCH-ecgbm" ;;
+    *:eval) evaluate ;;
     *) echo "unknown stage $stage for $ARCH (${defaults[*]})" >&2; exit 2 ;;
   esac
 done

@@ -116,3 +116,25 @@ def test_paper_grid_hyperprior_is_issue_7s():
         cfg = load_config(path)
         assert parse_name(cfg.model)[0] == "hyperprior" and (cfg.N, cfg.M) == (128, 192)
     assert [p.name for p, _ in _grid("hyperprior", "pre")] == ["hyperprior-bm-cpu.yaml"]
+
+
+def test_paper_grid_eval_stage_names_the_grids_sets():
+    """`eval` evaluates the base, ecg and base-extra files of QUALITIES (labelled) and
+    tables ecg against base-extra; issue 7's grid has its own page and is refused."""
+    import shlex
+
+    env = {**os.environ, "ARCH": "mean", "DRY_RUN": "1", "QUALITIES": "1 2 3 4"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), "eval"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    cmds = [shlex.split(line) for line in out.splitlines()]
+    assert [c[1] for c in cmds] == ["eval", "eval", "eval", "table"]
+    for cmd, v in zip(cmds, ["base", "ecg", "base-extra"]):
+        models = cmd[cmd.index("--model") + 1:cmd.index("--model") + 5]
+        assert models == [f"checkpoints/paper/mean-{v}-q{q}.safetensors" for q in (1, 2, 3, 4)]
+        assert cmd[cmd.index("--label") + 1] == f"mean {v}"
+        assert cmd[cmd.index("-o") + 1] == f"docs/results/paper/mean-{v}-q1-4.json"
+    assert cmds[3][2:4] == ["docs/results/paper/mean-base-extra-q1-4.json",
+                            "docs/results/paper/mean-ecg-q1-4.json"]
+    env["ARCH"] = "hyperprior"
+    assert subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), "eval"], env=env,
+                          cwd=ROOT, capture_output=True).returncode == 2
