@@ -37,20 +37,22 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
 
 read -r -a QS <<<"${QUALITIES:-1 2 3 4 5 6 7 8}"
 
+run_or_print() {  # run a command, or under DRY_RUN print it (shell-quoted)
+  if [[ -n ${DRY_RUN:-} ]]; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+
 evaluate() {  # the Kodak evaluations and the table of the fixed-rate sets of QS
   local results=${RESULTS:-docs/results/paper} span="q${QS[0]}-${QS[-1]}" ref=${ARCH%-paper}
-  local label=$ref v q files
+  local v q files
   [[ $ARCH == hyperprior ]] && { echo "eval: issue 7's grid is evaluated as in hyperprior.md" >&2; exit 2; }
   for v in base ecg base-extra; do
     files=()
     for q in "${QS[@]}"; do files+=("$OUT/$ARCH-$v-q$q.safetensors"); done
-    local cmd=("$VARICODEC" eval --model "${files[@]}" "${KODAK:-../shared/data/kodak}"
-               -o "$results/$ARCH-$v-$span.json" --label "$label $v" --threads 2 --force)
-    if [[ -n ${DRY_RUN:-} ]]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi
+    run_or_print "$VARICODEC" eval --model "${files[@]}" "${KODAK:-../shared/data/kodak}" \
+      -o "$results/$ARCH-$v-$span.json" --label "$ref $v" --threads 2 --force
   done
-  cmd=("$VARICODEC" table "$results/$ARCH-base-extra-$span.json" "$results/$ARCH-ecg-$span.json"
-       --reference "$ref" -o "$results/$ARCH-ecg-vs-extra-$span.md")
-  if [[ -n ${DRY_RUN:-} ]]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi
+  run_or_print "$VARICODEC" table "$results/$ARCH-base-extra-$span.json" \
+    "$results/$ARCH-ecg-$span.json" --reference "$ref" -o "$results/$ARCH-ecg-vs-extra-$span.md"
 }
 case $ARCH in
   hyperprior) defaults=(bm base ecg extra ecgbm ablation) ;;
