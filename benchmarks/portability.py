@@ -34,6 +34,7 @@ Images are read from outside the repository; nothing is copied into it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -69,7 +70,10 @@ def _images(folder: str, names: list[str] | None, limit: int | None) -> list[Pat
     return paths[:limit] if limit else paths
 
 
+@functools.cache
 def _model(spec: str | None):
+    """The model of ``spec``, loaded once per process (main's fixed-rate check and the
+    command share it)."""
     from varicodec.codec.pretrained import resolve_model
 
     return resolve_model(spec)
