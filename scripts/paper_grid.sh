@@ -2,7 +2,7 @@
 # Train (or continue) the paper's grid for one architecture and export every model to
 # checkpoints/paper/ (configs/paper/README.md). Resumable: finished runs are skipped,
 # interrupted ones continue from their checkpoint. Usage:
-#   [ARCH=hyperprior|hyperprior-paper|mean|joint] bash scripts/paper_grid.sh [STAGE...]
+#   [ARCH=hyperprior|hyperprior-paper|hyperprior-128|mean|joint] bash scripts/paper_grid.sh [STAGE...]
 #   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation); and, not among the
 #   defaults, eval: Kodak evaluations of the base, ecg and base-extra sets of QUALITIES
 #   into docs/results/paper/{arch}-{set}-q{first}-{last}.json and the ECG-vs-base-extra
@@ -11,7 +11,9 @@
 # default stages are bm base ecg extra ecgbm ablation, and `pre` trains its shared
 # pre-training configs/hyperprior-bm-cpu.yaml. ARCH=mean, ARCH=joint and ARCH=hyperprior-paper
 # (ScaleHyperprior again) are issue 12's grids at CompressAI's per-quality widths and the
-# universal N=192/M=320; their default stages are pre bm base ecg extra ecgbm. Environment:
+# universal N=192/M=320; their default stages are pre bm base ecg extra ecgbm. ARCH=hyperprior-128
+# is the smaller grid the CPU affords: hyperprior-paper's N=128/M=192 lineage (folded from the GPU
+# line) continued to q6-q8, stages base ecg extra, QUALITIES "6 7 8" by default. Environment:
 #   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
 #               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
 #   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
@@ -35,14 +37,16 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
   "$VARICODEC" export "runs/$name" --out "$OUT/$2.safetensors"
 }
 
-read -r -a QS <<<"${QUALITIES:-1 2 3 4 5 6 7 8}"
+all_qualities="1 2 3 4 5 6 7 8"
+[[ $ARCH == hyperprior-128 ]] && all_qualities="6 7 8"
+read -r -a QS <<<"${QUALITIES:-$all_qualities}"
 
 run_or_print() {  # run a command, or under DRY_RUN print it (shell-quoted)
   if [[ -n ${DRY_RUN:-} ]]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
 
 evaluate() {  # the Kodak evaluations and the table of the fixed-rate sets of QS
-  local results=${RESULTS:-docs/results/paper} span="q${QS[0]}-${QS[-1]}" ref=${ARCH%-paper}
+  local results=${RESULTS:-docs/results/paper} span="q${QS[0]}-${QS[-1]}" ref=${ARCH%-*}
   local v q files
   [[ $ARCH == hyperprior ]] && { echo "eval: issue 7's grid is evaluated as in hyperprior.md" >&2; exit 2; }
   for v in base ecg base-extra; do
@@ -60,7 +64,8 @@ case $ARCH in
   # (their base configs' init), so only N=192/M=320 is pre-trained here
   mean | hyperprior-paper) defaults=(pre bm base ecg extra ecgbm); widths=(192x320) ;;
   joint) defaults=(pre bm base ecg extra ecgbm); widths=(192x192 192x320) ;;
-  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper mean joint)" >&2; exit 2 ;;
+  hyperprior-128) defaults=(base ecg extra) ;;
+  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper hyperprior-128 mean joint)" >&2; exit 2 ;;
 esac
 
 stages=("$@")

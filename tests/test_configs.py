@@ -108,6 +108,25 @@ def test_paper_grid_has_the_issue_sizes(arch):
         trained.add(cfg.name)
 
 
+def test_paper_grid_hyperprior_128_is_the_smaller_grid():
+    """ARCH=hyperprior-128: q6-q8 at N=128/M=192 (not CompressAI's width there), folded from
+    the GPU line with 0 steps like hyperprior-paper's q1-q5, then ecg and extra from it."""
+    grid = _grid("hyperprior-128")
+    assert {p for p, _ in grid} == set(PAPER.glob("hyperprior-128-*.yaml")) and len(grid) == 9
+    for path, export in grid:
+        cfg = load_config(path)
+        stage, q = path.stem.removeprefix("hyperprior-128-"), int(path.stem.split("-q")[1][0])
+        assert (cfg.N, cfg.M) == (128, 192) and q in (6, 7, 8)
+        assert cfg.lmbda == pytest.approx(QUALITY_LMBDAS[q - 1])
+        assert cfg.name == f"paper-{path.stem}" and export.startswith("hyperprior-128-")
+        if stage == f"base-q{q}":
+            assert cfg.init == "checkpoints/gpu/hyperprior-bm-128.safetensors" and cfg.steps == 0
+        else:
+            assert cfg.init == f"runs/paper-hyperprior-128-base-q{q}" and cfg.steps == 300
+        if parse_name(cfg.model)[1] == "ecg":
+            assert cfg.gamma > 0 and cfg.regularizer == "flops"
+
+
 def test_paper_grid_hyperprior_is_issue_7s():
     """ARCH=hyperprior (the default) still names issue 7's configs, N=128/M=192 throughout."""
     grid = _grid("hyperprior")

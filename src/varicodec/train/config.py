@@ -35,6 +35,9 @@ class TrainConfig:
     alpha_target: float = 1.0
     sparsity_target: float = 0.5
     gamma_warmup_steps: int = 0          # γ ramps linearly from 0 over these steps
+    # layer-by-layer distillation from the dense model (varicodec.train.distill)
+    distill: float = 0.0                 # weight β of Σ_l |f_l − t_l|² / |t_l|² (0: off)
+    teacher: str | None = None           # the dense teacher's weights (default: init)
     # data
     train_dir: str = "../shared/data/train"
     val_dir: str = "../shared/data/val"

@@ -30,6 +30,7 @@ from ..models import VaricodecModel, create_model
 from .checkpoint import load_checkpoint, restore_state, save_checkpoint
 from .config import TrainConfig
 from .data import RandomCropFolder, ResumableSampler, list_images
+from .distill import FeatureDistiller, dense_teacher
 from .init import CHECKPOINT, load_init, load_init_weights
 from .memdata import InMemoryCrops
 
@@ -100,13 +101,21 @@ def apply_speedups(model: VaricodecModel, cfg: TrainConfig) -> None:
 
 
 def train_step(net, model: VaricodecModel, criterion: RateDistortionLoss, opt, aux_opt,
-               x: torch.Tensor, lmbda: torch.Tensor, clip_grad: float = 0.0):
-    """One optimisation step: R-D loss, backward, clip, Adam; then the auxiliary step.
+               x: torch.Tensor, lmbda: torch.Tensor, clip_grad: float = 0.0,
+               distiller: FeatureDistiller | None = None, distill: float = 0.0):
+    """One optimisation step: R-D loss (plus ``distill`` × the distiller's layer-matching
+    term, when given), backward, clip, Adam; then the auxiliary step.
 
     Returns ``(losses, aux_loss)`` as tensors (reading them syncs the device).
     """
+    if distiller is not None:
+        distiller.teacher_forward(x, lmbda)
     out = net(x, lmbda=lmbda)
     losses = criterion(out, x, model)
+    if distiller is not None:
+        term = distiller.loss()
+        losses["loss"] = losses["loss"] + distill * term
+        losses["distill"] = term.detach()
     opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
     if clip_grad:
@@ -224,6 +233,7 @@ class _Run:
     seconds: float = 0.0                  # training time (validation excluded)
     pretrained: dict | None = None        # CompressAI zoo source, carried to the model card
     stop: bool = False
+    distiller: FeatureDistiller | None = None  # the recipe's ``distill``: a dense teacher
 
     @property
     def main_proc(self) -> bool:
@@ -286,6 +296,7 @@ def _setup(cfg: TrainConfig, resume: bool, init: str | None) -> _Run:
         step, history, seconds, pretrained = _resume(cfg, run_dir, model, optimizers, rank)
 
     apply_speedups(model, cfg)
+    distiller = _distiller(cfg, model, main_proc)
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -296,7 +307,22 @@ def _setup(cfg: TrainConfig, resume: bool, init: str | None) -> _Run:
     batches = make_batches(cfg, device, rank, step, main_proc)
     val_images = _center_crops(cfg.val_dir, cfg.val_images, cfg.val_crop) if main_proc else []
     return _Run(cfg, device, rank, distributed, run_dir, model, net, optimizers, criterion,
-                batches, val_images, step, history, seconds, pretrained)
+                batches, val_images, step, history, seconds, pretrained, distiller=distiller)
+
+
+def _distiller(cfg: TrainConfig, model: VaricodecModel, main_proc: bool) -> FeatureDistiller | None:
+    """The recipe's layer-by-layer teacher (``distill`` > 0): the dense model of ``teacher``,
+    by default the weights the run started from (``init``)."""
+    if not cfg.distill:
+        return None
+    spec = cfg.teacher or cfg.init
+    if not spec:
+        raise ValueError("distill needs a teacher: set `teacher:` (or `init:`) in the recipe")
+    teacher = dense_teacher(model, spec)
+    apply_speedups(teacher, cfg)
+    if main_proc:
+        print(f"distilling from {spec} ({teacher.name}), β = {cfg.distill:g}", file=sys.stderr)
+    return FeatureDistiller(model, teacher)
 
 
 def _load_init(cfg: TrainConfig, model: VaricodecModel, init: str, main_proc: bool) -> dict | None:
@@ -342,7 +368,7 @@ def _step(run: _Run) -> tuple[dict, torch.Tensor]:
         run.criterion.gamma = cfg.gamma * min(1.0, run.step / cfg.gamma_warmup_steps)
     lm = sample_lmbda(cfg, run.model, x.shape[0])  # on the host: the model moves it, no sync
     losses, aux = train_step(run.net, run.model, run.criterion, opt, run.optimizers["aux"], x, lm,
-                             cfg.clip_grad)
+                             cfg.clip_grad, run.distiller, cfg.distill)
     run.step += 1
     return losses, aux
 
@@ -357,9 +383,10 @@ def _log(run: _Run, losses: dict, aux: torch.Tensor, bar, t_start: float) -> Non
     ] + [round(aux.item(), 3), run.optimizers["main"].param_groups[0]["lr"]]
     with run.log_path.open("a", newline="") as f:
         csv.writer(f).writerow(row)
+    extra = {"distill": f"{float(losses['distill']):.3f}"} if "distill" in losses else {}
     bar.set_postfix(loss=f"{losses['loss'].item():.3f}", bpp=f"{float(losses['bpp']):.3f}",
                     psnr=f"{float(losses['psnr_db']):.2f}",
-                    sp=f"{float(losses['sparsity']):.2f}")
+                    sp=f"{float(losses['sparsity']):.2f}", **extra)
 
 
 def _validate_into_history(run: _Run, bar) -> None:
