@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..models import VaricodecModel
 from ..models.registry import create_model
+from .init import load_init
 
 __all__ = ["DISTILLED_PARTS", "FeatureDistiller", "dense_teacher"]
 
@@ -35,9 +36,7 @@ _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 def dense_teacher(student: VaricodecModel, spec: str, progress: bool = False) -> VaricodecModel:
     """The dense model of ``student``'s architecture and width (``base`` for a fixed-rate
-    student, ``bm`` for a variable-rate one) loaded from ``spec``, frozen, in eval mode."""
-    from .init import load_init
-
+    student, ``bm`` for a variable-rate one) loaded from ``spec`` and frozen (no gradients)."""
     variant = "bm" if student.variable_rate else "base"
     config = {k: v for k, v in student.config.items() if k not in ("arch", "variant", "gate")}
     teacher = create_model(f"{student.arch}-{variant}", **config)
