@@ -316,3 +316,47 @@ def test_table_sets_a_universal_ecgbm_against_its_bm_twin():
     assert "| 1.00 | 0.0018 | 0.150 | 0.165 | 28.00 | 27.44 | 2.00 | 2.00 | 2.00 | 2.00 | " \
         "0.500 |" in section
     assert "BD-rate against mean-bm: +" in section
+
+
+def _part(path, qualities, name="hyperprior-ecg", **kw):
+    """A fixed-rate set's evaluation at some qualities, written to ``path``."""
+    lm = [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18]
+    res = _fake("hyperprior ecg", "hyperprior", name.split("-")[-1], [0.1] * 4, [30.0] * 4)
+    res["points"] = [{**res["points"][0], "lmbda": lm[q - 1], "quality": q,
+                      "bpp": 0.1 * q, "psnr_db": 26.0 + q} for q in qualities]
+    res["model"].update(name=name, variable_rate=False, models=len(qualities),
+                        files=[f"q{q}.safetensors" for q in qualities],
+                        bytes_on_disk=1000 * len(qualities))
+    res.update({"dataset": {"files": ["a.png", "b.png"]}, "options": {"flops": True}, **kw})
+    path.write_text(json.dumps(res))
+    return path
+
+
+def test_merge_joins_the_parts_of_a_fixed_rate_set(tmp_path, capsys):
+    a, b = _part(tmp_path / "a.json", [1, 2, 3, 4, 5]), _part(tmp_path / "b.json", [6, 7, 8])
+    out = tmp_path / "all.json"
+    assert main(["merge", str(b), str(a), "-o", str(out), "--label", "hyperprior ecg q1-8"]) == 0
+    merged = load_results(out)
+    assert [p["quality"] for p in merged["points"]] == list(range(1, 9))
+    assert merged["model"]["models"] == 8 and merged["model"]["bytes_on_disk"] == 8000
+    assert merged["model"]["files"] == [f"q{q}.safetensors" for q in (6, 7, 8, 1, 2, 3, 4, 5)]
+    assert merged["label"] == "hyperprior ecg q1-8"
+    assert [m["file"] for m in merged["merged_from"]] == [str(b), str(a)]
+    # a curve for the table: the storage row counts the eight models
+    universal = load_results(_part(tmp_path / "v.json", [1, 4, 8]))
+    universal["model"] = {"arch": "hyperprior", "variant": "ecgbm", "bytes_on_disk": 900}
+    assert "hyperprior ecg q1-8 (8 models) |" in make_tables([merged, universal])
+    # refusals, each one line with a non-zero exit, no output written
+    bad = tmp_path / "bad.json"
+    for args, message in [
+        ([a, _part(tmp_path / "c.json", [5, 6])], "λ 0.025 comes in more than one part"),
+        ([a, _part(tmp_path / "d.json", [6], name="hyperprior-base")], "model hyperprior-base"),
+        ([a, _part(tmp_path / "e.json", [6], dataset={"files": ["a.png"]})], "other images"),
+        ([a], "at least two"),
+    ]:
+        assert main(["merge", *map(str, args), "-o", str(bad)]) != 0
+        assert message in capsys.readouterr().err and not bad.exists()
+    assert main(["merge", str(a), str(b), "-o", str(out)]) != 0
+    assert "exists" in capsys.readouterr().err
+    assert main(["merge", str(a), str(b), "-o", str(a), "--force"]) != 0
+    assert "one of the inputs" in capsys.readouterr().err

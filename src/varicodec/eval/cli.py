@@ -92,6 +92,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
     p.set_defaults(func=_cmd_table)
 
+    p = subparsers.add_parser(
+        "merge", help="join the evaluations of one fixed-rate set's parts into one curve",
+        description="Join results files of one fixed-rate set evaluated in parts (e.g. "
+                    "qualities 1-5 and 6-8) into one results file: one curve for `table` "
+                    "and `plot`, with the set's files and bytes added up.",
+    )
+    p.add_argument("results", nargs="+", metavar="RESULTS.json")
+    p.add_argument("-o", "--output", required=True, help="results JSON file to write")
+    p.add_argument("--label", help="curve name (default: the first part's)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=_cmd_merge)
+
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
@@ -173,6 +185,21 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     out = plot_results(results, args.output, references=args.reference, title=args.title,
                        max_bpp=args.max_bpp)
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from ..errors import VaricodecError
+    from .results import load_results, merge_results, save_results
+
+    out = Path(args.output)
+    if any(out.resolve() == Path(p).resolve() for p in args.results):
+        raise VaricodecError(f"-o {out} is one of the inputs: choose another name")
+    if out.exists() and not args.force:
+        raise VaricodecError(f"{out} exists: pass --force to overwrite it")
+    merged = merge_results([load_results(p) for p in args.results], label=args.label)
+    save_results(merged, out)
+    print(f"wrote {out} ({len(merged['points'])} points, {merged['model']['models']} models)")
     return 0
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "load_results",
     "curve",
     "jsonable",
+    "merge_results",
 ]
 
 SCHEMA = "varicodec-eval/1"
@@ -176,6 +177,51 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     data.setdefault("label", path.stem)
     data["_path"] = str(path)
     return data
+
+
+def merge_results(results: Sequence[dict[str, Any]], label: str | None = None) -> dict[str, Any]:
+    """One fixed-rate set from the evaluations of its parts (e.g. qualities 1–5 and 6–8,
+    evaluated separately): the points of all, in rate order, and a model block whose
+    ``files``, ``models`` and ``bytes_on_disk`` add up. The parts must be evaluations of
+    fixed-rate models of one registry name (architecture and variant) on the same images
+    with the same options, and no λ may come twice; ``ValueError`` says which part breaks
+    that. ``merged_from`` lists the parts' files and labels."""
+    if len(results) < 2:
+        raise ValueError("merge needs at least two results files")
+
+    def where(r: dict) -> str:
+        return r.get("_path") or r.get("label") or "a results file"
+
+    first = results[0]
+    for r in results:
+        model = r.get("model") or {}
+        if r.get("kind") != "model" or model.get("variable_rate"):
+            what = "a variable-rate model" if model.get("variable_rate") else r.get("kind")
+            raise ValueError(f"{where(r)}: merge joins fixed-rate sets; this is {what}")
+        if model.get("name") != first["model"].get("name"):
+            raise ValueError(f"{where(r)}: model {model.get('name')}, not "
+                             f"{first['model'].get('name')} like {where(first)}")
+        if (r.get("dataset") or {}).get("files") != (first.get("dataset") or {}).get("files"):
+            raise ValueError(f"{where(r)}: other images than {where(first)}")
+        if r.get("options") != first.get("options"):
+            raise ValueError(f"{where(r)}: options {r.get('options')}, not {first.get('options')}")
+    lmbdas = [round(float(p["lmbda"]), 6) for r in results for p in r["points"]]
+    twice = sorted({lm for lm in lmbdas if lmbdas.count(lm) > 1})
+    if twice:
+        raise ValueError(f"λ {', '.join(f'{lm:g}' for lm in twice)} comes in more than one part")
+    models = [r["model"] for r in results]
+    sizes = [m.get("bytes_on_disk") for m in models]
+    info = {**models[0],
+            "files": [f for m in models for f in m.get("files") or []],
+            "models": sum(int(m.get("models") or 1) for m in models),
+            "bytes_on_disk": sum(sizes) if all(sizes) else None}
+    merged = {k: v for k, v in first.items() if k != "_path"}
+    merged.update(label=label or first.get("label"), model=info,
+                  points=sorted((p for r in results for p in r["points"]),
+                                key=lambda p: p["lmbda"]),
+                  merged_from=[{"file": r.get("_path"), "label": r.get("label")}
+                               for r in results])
+    return merged
 
 
 def curve(
