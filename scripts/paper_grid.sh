@@ -2,7 +2,7 @@
 # Train (or continue) the paper's grid for one architecture and export every model to
 # checkpoints/paper/ (configs/paper/README.md). Resumable: finished runs are skipped,
 # interrupted ones continue from their checkpoint. Usage:
-#   [ARCH=hyperprior|hyperprior-paper|hyperprior-128|mean|joint] bash scripts/paper_grid.sh [STAGE...]
+#   [ARCH=hyperprior|hyperprior-paper|hyperprior-128|mean|mean-128|joint] bash scripts/paper_grid.sh [STAGE...]
 #   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation); and, not among the
 #   defaults, eval: Kodak evaluations of the base, ecg and base-extra sets of QUALITIES
 #   into docs/results/paper/{arch}-{set}-q{first}-{last}.json and the ECG-vs-base-extra
@@ -12,8 +12,9 @@
 # pre-training configs/hyperprior-bm-cpu.yaml. ARCH=mean, ARCH=joint and ARCH=hyperprior-paper
 # (ScaleHyperprior again) are issue 12's grids at CompressAI's per-quality widths and the
 # universal N=192/M=320; their default stages are pre bm base ecg extra ecgbm. ARCH=hyperprior-128
-# is the smaller grid the CPU affords: hyperprior-paper's N=128/M=192 lineage (folded from the GPU
-# line) continued to q6-q8, stages base ecg extra, QUALITIES "6 7 8" by default. Environment:
+# and ARCH=mean-128 are the smaller grid the CPU affords: the N=128/M=192 lineage of hyperprior-paper
+# (q1-q5) and mean (q1-q4), folded from a universal model of that width, continued to q6-q8 and
+# q5-q8 (their default QUALITIES), stages base ecg extra. Environment:
 #   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
 #               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
 #   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
@@ -38,7 +39,7 @@ run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
 }
 
 all_qualities="1 2 3 4 5 6 7 8"
-[[ $ARCH == hyperprior-128 ]] && all_qualities="6 7 8"
+case $ARCH in hyperprior-128) all_qualities="6 7 8" ;; mean-128) all_qualities="5 6 7 8" ;; esac
 read -r -a QS <<<"${QUALITIES:-$all_qualities}"
 
 run_or_print() {  # run a command, or under DRY_RUN print it (shell-quoted)
@@ -64,8 +65,9 @@ case $ARCH in
   # (their base configs' init), so only N=192/M=320 is pre-trained here
   mean | hyperprior-paper) defaults=(pre bm base ecg extra ecgbm); widths=(192x320) ;;
   joint) defaults=(pre bm base ecg extra ecgbm); widths=(192x192 192x320) ;;
-  hyperprior-128) defaults=(base ecg extra) ;;
-  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper hyperprior-128 mean joint)" >&2; exit 2 ;;
+  hyperprior-128 | mean-128) defaults=(base ecg extra) ;;
+  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper hyperprior-128 mean mean-128 joint)" >&2
+     exit 2 ;;
 esac
 
 stages=("$@")

@@ -73,7 +73,8 @@ def test_paper_grid_has_the_issue_sizes(arch):
     widths = ARCHITECTURES[registry_arch].widths[:8]
     pre = {p.stem.removeprefix(f"{arch}-pre-") for p, _ in grid if "-pre-" in p.stem}
     assert len(grid) == 8 * 3 + 2 + len(pre) and f"{UNIVERSAL[0]}x{UNIVERSAL[1]}" in pre
-    assert {p for p, _ in grid} == set(PAPER.glob(f"{arch}-*.yaml"))
+    own = {p for p in PAPER.glob(f"{arch}-*.yaml") if not p.stem.startswith(f"{arch}-128-")}
+    assert {p for p, _ in grid} == own  # the smaller grid {arch}-128 is tested below
     assert len({e for _, e in grid}) == len(grid)
     trained: set[str] = set()
     for path, export in grid:
@@ -108,21 +109,29 @@ def test_paper_grid_has_the_issue_sizes(arch):
         trained.add(cfg.name)
 
 
-def test_paper_grid_hyperprior_128_is_the_smaller_grid():
-    """ARCH=hyperprior-128: q6-q8 at N=128/M=192 (not CompressAI's width there), folded from
-    the GPU line with 0 steps like hyperprior-paper's q1-q5, then ecg and extra from it."""
-    grid = _grid("hyperprior-128")
-    assert {p for p, _ in grid} == set(PAPER.glob("hyperprior-128-*.yaml")) and len(grid) == 9
+@pytest.mark.parametrize("arch, qualities, parent", [
+    ("hyperprior-128", (6, 7, 8), "checkpoints/gpu/hyperprior-bm-128.safetensors"),
+    ("mean-128", (5, 6, 7, 8), "checkpoints/paper/mean-bm-128-cpu.safetensors"),
+])
+def test_paper_grid_smaller_grids(arch, qualities, parent):
+    """ARCH=hyperprior-128 / mean-128: the qualities above the small width at N=128/M=192
+    (not CompressAI's width there), folded with 0 steps from the universal model of that
+    width like the small-width qualities, then ecg and extra from it."""
+    grid = _grid(arch)
+    assert {p for p, _ in grid} == set(PAPER.glob(f"{arch}-*.yaml"))
+    assert len(grid) == 3 * len(qualities)
+    assert json.loads((ROOT / f"{parent}.json").read_text())["N"] == 128  # its card is in git
     for path, export in grid:
         cfg = load_config(path)
-        stage, q = path.stem.removeprefix("hyperprior-128-"), int(path.stem.split("-q")[1][0])
-        assert (cfg.N, cfg.M) == (128, 192) and q in (6, 7, 8)
+        stage, q = path.stem.removeprefix(f"{arch}-"), int(path.stem.split("-q")[1][0])
+        assert (cfg.N, cfg.M) == (128, 192) and q in qualities
+        assert parse_name(cfg.model)[0] == arch.removesuffix("-128")
         assert cfg.lmbda == pytest.approx(QUALITY_LMBDAS[q - 1])
-        assert cfg.name == f"paper-{path.stem}" and export.startswith("hyperprior-128-")
+        assert cfg.name == f"paper-{path.stem}" and export.startswith(f"{arch}-")
         if stage == f"base-q{q}":
-            assert cfg.init == "checkpoints/gpu/hyperprior-bm-128.safetensors" and cfg.steps == 0
+            assert cfg.init == parent and cfg.steps == 0
         else:
-            assert cfg.init == f"runs/paper-hyperprior-128-base-q{q}" and cfg.steps == 300
+            assert cfg.init == f"runs/paper-{arch}-base-q{q}" and cfg.steps == 300
         if parse_name(cfg.model)[1] == "ecg":
             assert cfg.gamma > 0 and cfg.regularizer == "flops"
 
