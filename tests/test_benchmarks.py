@@ -70,3 +70,35 @@ def test_portability_takes_a_fixed_rate_model(tmp_path, capsys):
     assert "fixed-rate (quality 3)" in capsys.readouterr().err
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 2 and {r["quality"] for r in rows} == {3.0}
+
+
+def test_gates_open_finds_the_layer_that_matters(tmp_path, capsys):
+    """Opening every gate of a model with gates set closed changes its coding; opening the
+    gates of a layer whose channels are all open already changes nothing; a dense model
+    and a missing folder are one-line refusals."""
+    from conftest import set_sparsity, tiny, write_images
+
+    from varicodec.models import save_model
+
+    model = tiny("hyperprior-ecg").eval()
+    set_sparsity(model)
+    model.update(force=True)
+    path = tmp_path / "ecg.safetensors"
+    save_model(model, path)
+    bench = load_benchmark("gates_open")
+    images = write_images(tmp_path / "img", 2, (64, 64), 8)
+    out = tmp_path / "open.json"
+    assert bench.main([str(path), "--images", str(images), "--json", str(out)]) == 0
+    rows = {r["opened"]: r for r in json.loads(out.read_text())["rows"]}
+    trained = rows["none (as trained)"]
+    assert (rows["all"]["bpp"], rows["all"]["psnr_db"]) != (trained["bpp"], trained["psnr_db"])
+    for name, r in rows.items():
+        if r["sparsity"] == 0.0:  # nothing was closed there: opening it is a no-op
+            assert (r["bpp"], r["psnr_db"]) == (trained["bpp"], trained["psnr_db"]), name
+    assert "| gates opened |" in capsys.readouterr().out
+    dense = tmp_path / "base.safetensors"
+    save_model(tiny("hyperprior-base").eval(), dense)
+    assert bench.main([str(dense), "--images", str(images)]) == 2
+    assert "not a gated model" in capsys.readouterr().err
+    assert bench.main([str(path), "--images", str(tmp_path / "none")]) == 2
+    assert "no PNG images" in capsys.readouterr().err
