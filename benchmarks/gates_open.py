@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -37,15 +35,15 @@ def code(model, images: list[np.ndarray], lmbda: float | None,
     """Mean bpp (real bytes) and mean PSNR (dB) of ``images`` through ``model``; each
     image's per-layer sparsity appended to ``sparsity`` when given."""
     from varicodec import codec
+    from varicodec.metrics import psnr_db
 
     bpp, psnr = [], []
     for rgb in images:
         kw = {"lmbda": lmbda} if lmbda is not None else {}
         data = codec.encode(rgb, model, **kw)
-        dec = np.asarray(codec.decode(data, model).convert("RGB"), dtype=np.float64)
-        mse = float(((dec - rgb) ** 2).mean())
+        dec = np.asarray(codec.decode(data, model).convert("RGB"), dtype=np.uint8)
         bpp.append(len(data) * 8 / (rgb.shape[0] * rgb.shape[1]))
-        psnr.append(10 * math.log10(255**2 / max(mse, 1e-12)))
+        psnr.append(psnr_db(rgb, dec))
         if sparsity is not None:
             sparsity.append(model.sparsity())
     return float(np.mean(bpp)), float(np.mean(psnr))
@@ -61,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args(argv)
 
+    from varicodec.imageio import load_rgb
     from varicodec.models import load_model
     from varicodec.quality import QUALITY_LMBDAS
 
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gates_open: {a.model} is {model.name}, not a gated model", file=sys.stderr)
         return 2
     lmbda = (a.lmbda or QUALITY_LMBDAS[3]) if model.variable_rate else None
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = [load_rgb(p) for p in paths]
 
     gates = model.gates()
     trained = {n: g.alpha.detach().clone() for n, g in gates}
