@@ -359,4 +359,4 @@ def test_merge_joins_the_parts_of_a_fixed_rate_set(tmp_path, capsys):
     assert main(["merge", str(a), str(b), "-o", str(out)]) != 0
     assert "exists" in capsys.readouterr().err
     assert main(["merge", str(a), str(b), "-o", str(a), "--force"]) != 0
-    assert "one of the inputs" in capsys.readouterr().err
+    assert "refusing to overwrite the input" in capsys.readouterr().err

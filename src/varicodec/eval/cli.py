@@ -189,14 +189,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from ..errors import VaricodecError
     from .results import load_results, merge_results, save_results
 
     out = Path(args.output)
     if any(out.resolve() == Path(p).resolve() for p in args.results):
-        raise VaricodecError(f"-o {out} is one of the inputs: choose another name")
+        raise FileExistsError(f"refusing to overwrite the input {out}")
     if out.exists() and not args.force:
-        raise VaricodecError(f"{out} exists: pass --force to overwrite it")
+        raise FileExistsError(f"{out} exists (use --force to overwrite)")
     merged = merge_results([load_results(p) for p in args.results], label=args.label)
     save_results(merged, out)
     print(f"wrote {out} ({len(merged['points'])} points, {merged['model']['models']} models)")
