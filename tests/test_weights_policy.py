@@ -1,7 +1,10 @@
 """docs/weights-policy.md: which weights git keeps, and the manifests of the rest."""
 
 import json
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,10 +43,6 @@ def test_manifest_keeps_a_hand_written_regenerate_command():
     """scripts/weights_manifest.py derives "train the last recipe, export" from the card;
     a command already in the manifest (written by hand for an --init chain) survives a
     re-run, and --rederive replaces it."""
-    import os
-    import shutil
-    import sys
-
     folder = ROOT / "runs" / f"manifest-test-{os.getpid()}"  # runs/ is git-ignored
     folder.mkdir(parents=True)
     try:
@@ -71,3 +70,47 @@ def test_manifest_keeps_a_hand_written_regenerate_command():
         assert "changed" not in err
     finally:
         shutil.rmtree(folder)
+
+
+@pytest.fixture
+def manifest_folder():
+    """A scratch folder under runs/ (git-ignored): the script writes paths relative to
+    the repository, so the folder must be inside it."""
+    folder = ROOT / "runs" / f"manifest-test-{os.getpid()}"
+    folder.mkdir(parents=True)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_a_reexport_of_the_same_tensors_keeps_its_entry(manifest_folder):
+    """An export embeds the exporting commit, so the same weights exported again get
+    another file hash; the manifest keeps the entry results name (its sha256) and
+    --verify accepts the file as "same tensors", while other tensors still fail."""
+    import torch
+    from safetensors.torch import save_file
+
+    from varicodec.util import file_sha256, tensors_sha256
+
+    m = manifest_folder / "m.safetensors"
+    save_file({"w": torch.ones(3)}, m, metadata={"card": "commit aaa"})
+    first = {"file": m.name, "bytes": m.stat().st_size, "sha256": file_sha256(m),
+             "tensors_sha256": tensors_sha256(m), "card": "m.safetensors.json",
+             "regenerate": "varicodec train --config x.yaml", "restore": None}
+    (manifest_folder / "m.safetensors.json").write_text("{}")
+    (manifest_folder / "MANIFEST.json").write_text(json.dumps({"weights": [first]}))
+    save_file({"w": torch.ones(3)}, m, metadata={"card": "commit bbbbbb"})  # re-export
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
+                               str(manifest_folder), *extra], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+
+    r = run("--verify")
+    assert r.returncode == 0 and "same tensors" in r.stdout, r.stdout + r.stderr
+    r = run()
+    entry, = json.loads((manifest_folder / "MANIFEST.json").read_text())["weights"]
+    assert r.returncode == 0 and "changed" not in r.stderr, r.stderr
+    assert (entry["sha256"], entry["bytes"]) == (first["sha256"], first["bytes"])
+    save_file({"w": torch.zeros(3)}, m)  # other weights
+    r = run("--verify")
+    assert r.returncode == 1 and "not matching: m.safetensors" in r.stdout
