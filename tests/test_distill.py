@@ -45,11 +45,23 @@ def test_open_gates_match_the_teacher_exactly(tmp_path, name):
         student(x, lmbda=lm)
         assert d.loss().item() == pytest.approx(0.0, abs=1e-10)
         # without the replay the noise differs and so do the features: the check can fail
-        teacher.train()
-        with torch.no_grad():
-            teacher(x, lmbda=lm)
+        d.teacher_forward(x, lm)
+        torch.rand(10)  # the student's forward now draws other noise than the teacher's
         student(x, lmbda=lm)
         assert d.loss().item() > 1e-4
+
+
+def test_other_forwards_of_the_student_are_not_kept(tmp_path):
+    """Only a forward after teacher_forward is recorded: validation forwards between
+    training steps hold no tensors, and loss() without a teacher forward is an error."""
+    student, teacher = _pair(tmp_path)
+    x, lm = torch.rand(1, 3, 64, 64), torch.tensor([0.01])
+    with FeatureDistiller(student, teacher) as d:
+        with torch.no_grad():
+            student.eval()(x, lmbda=lm)
+        assert not d._student_out and not d._teacher_out
+        with pytest.raises(RuntimeError, match="no matched layer ran"):
+            d.loss()
 
 
 def test_closed_gates_give_gradient_to_the_student_only(tmp_path):

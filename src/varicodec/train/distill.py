@@ -55,7 +55,9 @@ class FeatureDistiller:
     """Hooks on the matched convolutions of ``student`` and ``teacher``; after
     :meth:`teacher_forward` and the student's own forward, :meth:`loss` is the term above
     (unweighted). The teacher keeps training-mode quantisation noise (the entropy models'
-    ``training`` flag follows the student) but no gradient."""
+    ``training`` flag follows the student) but no gradient. The student's outputs are
+    kept only between :meth:`teacher_forward` and :meth:`loss`, so its other forwards
+    (validation, evaluation) hold nothing."""
 
     def __init__(self, student: VaricodecModel, teacher: VaricodecModel) -> None:
         s, t = _matched_convs(student), _matched_convs(teacher)
@@ -68,15 +70,16 @@ class FeatureDistiller:
         self.names = list(s)
         self._student_out: dict[str, Tensor] = {}
         self._teacher_out: dict[str, Tensor] = {}
+        self._armed = False  # set by teacher_forward, cleared by loss
         self._handles = [m.register_forward_hook(self._hook(self._student_out, n))
                          for n, m in s.items()]
         self._handles += [m.register_forward_hook(self._hook(self._teacher_out, n))
                           for n, m in t.items()]
 
-    @staticmethod
-    def _hook(store: dict, name: str):
+    def _hook(self, store: dict, name: str):
         def hook(module, inputs, output):
-            store[name] = output
+            if self._armed:
+                store[name] = output
         return hook
 
     @torch.no_grad()
@@ -85,11 +88,13 @@ class FeatureDistiller:
         the student's forward draws the same quantisation noise."""
         self.teacher.train(self.student.training)
         devices = [x.device.index] if x.device.type == "cuda" else []
+        self._armed = True
         with torch.random.fork_rng(devices=devices):
             self.teacher(x, lmbda=lmbda)
 
     def loss(self) -> Tensor:
         """``Σ_l mean((f_l − t_l)²) / mean(t_l²)`` of the last two forwards; clears them."""
+        self._armed = False
         terms = []
         for n in self.names:
             f, t = self._student_out.pop(n, None), self._teacher_out.pop(n, None)
