@@ -4,15 +4,17 @@
     python scripts/weights_manifest.py checkpoints/paper --verify   # the files here match it?
 
 For every ``<name>.safetensors`` in the folder the manifest holds its size and sha256,
-the sha256 of its tensors alone (``tensors_sha256``: names, dtypes, shapes, bytes; not
-the card embedded in the file, which records the exporting git commit), its model card
+the fingerprint of the model it holds (``fingerprint``, by
+:func:`varicodec.models.weights_fingerprint`: the one ``.vcd`` headers and ``varicodec
+eval`` results carry; unlike the sha256 it does not cover the card embedded in the
+file, which records the exporting git commit), its model card
 (the ``<name>.safetensors.json`` beside it, which stays in git: lineage, steps,
 recipe), the commands that regenerate it (train the recipe whose ``name`` the
 card records, then export), and — while the bytes are in git history — the command that
 restores exactly those bytes. Entries already in the manifest whose file is no longer
 on disk are kept as they are, so the manifest outlives the files. A file regenerated
-into the same tensors as its entry's (a deterministic fold, say) keeps the entry's size
-and sha256, which results name, and ``--verify`` reports it as "same tensors".
+into the same weights as its entry's (a deterministic fold, say) keeps the entry's size
+and sha256, which results name, and ``--verify`` reports it as "same weights".
 
 A regenerate command already in the manifest is kept: the one derived from the card
 (train the last recipe, export) misses a chain of ``--init`` runs, so such commands are
@@ -28,7 +30,8 @@ import json
 import sys
 from pathlib import Path
 
-from varicodec.util import file_sha256, git, tensors_sha256
+from varicodec.models import load_model, weights_fingerprint
+from varicodec.util import file_sha256, git
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -47,6 +50,15 @@ def recipe_config(recipe: str) -> str | None:
     return None
 
 
+def fingerprint(path: Path) -> str | None:
+    """The weights fingerprint of the model ``path`` holds, or ``None`` when it does not
+    load as a model."""
+    try:
+        return weights_fingerprint(load_model(path)).hex()
+    except Exception:  # noqa: BLE001 - not a model file of ours, whatever the loader says
+        return None
+
+
 def entry(path: Path) -> dict:
     rel = str(path.relative_to(ROOT))
     card_path = path.with_name(path.name + ".json")
@@ -58,7 +70,7 @@ def entry(path: Path) -> dict:
         "file": path.name,
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
-        "tensors_sha256": tensors_sha256(path),
+        "fingerprint": fingerprint(path),
         "card": card_path.name if card_path.exists() else None,
         "model": card.get("name"),
         "total_steps": card.get("total_steps"),
@@ -86,16 +98,16 @@ def main() -> int:
     known = {e["file"]: e for e in old["weights"]}
     files = sorted(folder.glob("*.safetensors"))
     if a.verify:
-        bad, same_tensors = [], []
+        bad, same_weights = [], []
         for p in files:
             e = known.get(p.name, {})
             if e.get("sha256") == file_sha256(p):
                 continue
-            same = e.get("tensors_sha256") is not None and e["tensors_sha256"] == tensors_sha256(p)
-            (same_tensors if same else bad).append(p.name)
+            same = e.get("fingerprint") is not None and e["fingerprint"] == fingerprint(p)
+            (same_weights if same else bad).append(p.name)
         print(f"{len(files) - len(bad)} of {len(files)} files match {manifest_path.name}"
-              + (f" ({', '.join(same_tensors)}: same tensors, another embedded card)"
-                 if same_tensors else "")
+              + (f" ({', '.join(same_weights)}: same weights, another embedded card)"
+                 if same_weights else "")
               + (f"; not matching: {', '.join(bad)}" if bad else ""))
         return 1 if bad else 0
     changed = []
@@ -107,9 +119,9 @@ def main() -> int:
                 new["restore"] = before.get("restore")
             if before.get("regenerate") and p.name not in a.rederive:
                 new["regenerate"] = before["regenerate"]
-            same_tensors = (new["tensors_sha256"] is not None
-                            and before.get("tensors_sha256") == new["tensors_sha256"])
-            if before.get("sha256") != new["sha256"] and same_tensors:
+            same_weights = (new["fingerprint"] is not None
+                            and before.get("fingerprint") == new["fingerprint"])
+            if before.get("sha256") != new["sha256"] and same_weights:
                 # the same weights exported again: results name the entry's file
                 new["sha256"], new["bytes"] = before["sha256"], before["bytes"]
             elif before.get("sha256") != new["sha256"]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 #: where committed weights may live: bundled defaults, training-line inits, test fixtures
@@ -82,23 +83,24 @@ def manifest_folder():
     shutil.rmtree(folder)
 
 
-def test_a_reexport_of_the_same_tensors_keeps_its_entry(manifest_folder):
-    """An export embeds the exporting commit, so the same weights exported again get
-    another file hash; the manifest keeps the entry results name (its sha256) and
-    --verify accepts the file as "same tensors", while other tensors still fail."""
-    import torch
-    from safetensors.torch import save_file
+def test_a_reexport_of_the_same_weights_keeps_its_entry(manifest_folder):
+    """An export embeds its card (with the exporting commit), so the same weights exported
+    again get another file hash; the manifest keeps the entry results name (its sha256)
+    and --verify accepts the file by its weights fingerprint, while other weights fail."""
+    from conftest import tiny
 
-    from varicodec.util import file_sha256, tensors_sha256
+    from varicodec.models import save_model, weights_fingerprint
+    from varicodec.util import file_sha256
 
+    model = tiny("hyperprior-base")
     m = manifest_folder / "m.safetensors"
-    save_file({"w": torch.ones(3)}, m, metadata={"card": "commit aaa"})
+    save_model(model, m, card={"note": "first export"})
     first = {"file": m.name, "bytes": m.stat().st_size, "sha256": file_sha256(m),
-             "tensors_sha256": tensors_sha256(m), "card": "m.safetensors.json",
+             "fingerprint": weights_fingerprint(model).hex(), "card": "m.safetensors.json",
              "regenerate": "varicodec train --config x.yaml", "restore": None}
-    (manifest_folder / "m.safetensors.json").write_text("{}")
     (manifest_folder / "MANIFEST.json").write_text(json.dumps({"weights": [first]}))
-    save_file({"w": torch.ones(3)}, m, metadata={"card": "commit bbbbbb"})  # re-export
+    save_model(model, m, card={"note": "exported again, by another commit"})
+    assert file_sha256(m) != first["sha256"]
 
     def run(*extra):
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
@@ -106,11 +108,14 @@ def test_a_reexport_of_the_same_tensors_keeps_its_entry(manifest_folder):
                               timeout=120, cwd=ROOT)
 
     r = run("--verify")
-    assert r.returncode == 0 and "same tensors" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "same weights" in r.stdout, r.stdout + r.stderr
     r = run()
     entry, = json.loads((manifest_folder / "MANIFEST.json").read_text())["weights"]
     assert r.returncode == 0 and "changed" not in r.stderr, r.stderr
     assert (entry["sha256"], entry["bytes"]) == (first["sha256"], first["bytes"])
-    save_file({"w": torch.zeros(3)}, m)  # other weights
+    assert entry["fingerprint"] == first["fingerprint"]
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # other weights
+    save_model(model, m)
     r = run("--verify")
     assert r.returncode == 1 and "not matching: m.safetensors" in r.stdout

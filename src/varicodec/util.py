@@ -12,7 +12,6 @@ anything secret, and a umask of 077 still makes both private.)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import tempfile
@@ -20,8 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "atomic_write", "git", "git_commit", "git_dirty",
-           "is_image_name", "list_images", "retain_freed_memory", "tensors_sha256",
-           "trim_freed_memory"]
+           "is_image_name", "list_images", "retain_freed_memory", "trim_freed_memory"]
 
 #: file name extensions read as images by the codec, training and evaluation
 #: (lower case; Pillow reads them all)
@@ -152,43 +150,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
-
-
-def tensors_sha256(path: str | os.PathLike) -> str | None:
-    """The hex SHA-256 of a safetensors file's tensors alone — each tensor's name,
-    dtype, shape and bytes, in name order — or ``None`` when the file is not a
-    safetensors file.
-
-    The file's own hash also covers its ``__metadata__`` (our model cards embed the
-    git commit of the code that exported them), so two exports of the same weights
-    differ in :func:`file_sha256` and agree here.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        size = os.fstat(f.fileno()).st_size
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= n <= size - 8:
-            return None
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError):
-            return None
-        if not isinstance(header, dict):
-            return None
-        header.pop("__metadata__", None)
-        h = hashlib.sha256()
-        try:
-            for name in sorted(header):
-                info = header[name]
-                start, end = (int(v) for v in info["data_offsets"])
-                if not 0 <= start <= end <= size - 8 - n:
-                    return None
-                h.update(json.dumps([name, info["dtype"], list(info["shape"])]).encode())
-                f.seek(8 + n + start)
-                h.update(f.read(end - start))
-        except (KeyError, TypeError, ValueError):
-            return None
     return h.hexdigest()
 
 
