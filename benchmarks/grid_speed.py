@@ -78,19 +78,6 @@ def _sparsity(model) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def compressai_network(model):
-    """A fresh CompressAI network of ``model``'s architecture and width holding its dense
-    weights: CompressAI's model as shipped (its own GDN, NCHW parameters)."""
-    from varicodec.models import ARCHITECTURES
-
-    net = ARCHITECTURES[model.arch].build(model.config["N"], model.config["M"]).eval()
-    state = {k.removeprefix("net."): v for k, v in model.state_dict().items()
-             if k.startswith("net.") and ".gate." not in k}
-    net.load_state_dict(state)
-    net.update(force=True)
-    return net
-
-
 class _CompressAI:
     """CompressAI's coder with the call signature of ``VaricodecModel`` used below."""
 
@@ -141,7 +128,7 @@ def main(argv=None) -> int:
         dense_path, ecg_path = _paths(args, q)
         dense = load_model(dense_path)
         # name → (model, keyword arguments of its compress call)
-        models = {"compressai": (_CompressAI(compressai_network(dense)), {}),
+        models = {"compressai": (_CompressAI(dense.compressai_network()), {}),
                   "base": (dense, {}), "ecg": (load_model(ecg_path), {})}
         if ecgbm:
             models["ecgbm"] = (ecgbm, {"lmbda": lam})

@@ -131,7 +131,6 @@ def make_standin(model, x) -> None:
 def build_models(args, variants: list[str], x0):
     """``{variant: VaricodecModel}`` and the CompressAI baseline (same weights)."""
     import torch
-    from compressai.models import ScaleHyperprior
 
     from varicodec.models import create_model, load_model
 
@@ -147,14 +146,9 @@ def build_models(args, variants: list[str], x0):
             m = create_model(f"hyperprior-{v}", N=args.N, M=args.M).eval()
             make_standin(m, x0)
             models[v] = m
-    first = next(iter(models.values()))
-    base = ScaleHyperprior(first.config["N"], first.config["M"]).eval()
-    state = {k[4:]: v for k, v in first.state_dict().items()
-             if k.startswith("net.") and ".gate." not in k}
-    base.load_state_dict(state, strict=False)
-    for m in [*models.values(), base]:
+    for m in models.values():
         m.update(force=True)
-    return models, base
+    return models, next(iter(models.values())).compressai_network()
 
 
 def alpha_state(model) -> dict[str, Any]:

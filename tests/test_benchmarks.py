@@ -43,7 +43,7 @@ def test_grid_speed_times_a_grid_against_compressai(arch, tmp_path, capsys):
     assert set(row["decode_s"]) == {"compressai", "base", "ecg"}
     assert row["ecg_decode_speedup_vs_compressai"] > 0 and 0 < row["sparsity"]["ecg"] < 1
     base = load_model(folder / f"{prefix}-base-q1.safetensors")
-    net = bench.compressai_network(base)
+    net = base.compressai_network()
     assert not any(type(m).__name__ == "InplaceGDN" for m in net.modules())
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():

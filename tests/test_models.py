@@ -221,3 +221,25 @@ def test_decoder_hands_a_dense_synthesis_channels_last_input(name):
     assert (len(model.net.g_s._forward_pre_hooks), len(model.net.g_s._forward_hooks)) == hooks
     assert fast["x_hat"].is_contiguous() and fast["y_hat"].is_contiguous()
     torch.testing.assert_close(fast["x_hat"], plain["x_hat"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hyperprior-base", "mean-ecg", "joint-base"])
+def test_compressai_network_is_the_same_dense_model(name):
+    """CompressAI's network as shipped, holding our weights: the same bitstream as ours for
+    a dense model; a gated model's transforms without the gates; bm needs folding first."""
+    from conftest import tiny
+
+    model = tiny(name).eval()
+    net = model.compressai_network()
+    assert not net.training and not any(".gate" in k for k in net.state_dict())
+    assert not any(type(m).__name__ == "InplaceGDN" for m in net.modules())
+    for _, g in model.gates():
+        g.alpha.data.fill_(-1e3)  # every channel passes: the gated model computes the dense one
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        theirs = net.compress(x)["strings"]
+        model.update(force=True)
+        ours = model.compress(x)["strings"]
+    assert ours[0] == theirs[0]
+    with pytest.raises(ValueError, match="fold it at one λ first"):
+        tiny("hyperprior-bm").compressai_network()

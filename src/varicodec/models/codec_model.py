@@ -329,6 +329,23 @@ class VaricodecModel(nn.Module):
     def aux_loss(self) -> Tensor:
         return self.net.aux_loss()
 
+    def compressai_network(self) -> nn.Module:
+        """CompressAI's network of this architecture and width holding this model's
+        weights, as CompressAI ships it (its own GDN, NCHW, no gates), in eval mode with
+        its entropy tables built: the dense model a CompressAI user would run. A gated
+        model gives its transforms without the gates. A variable-rate model has no such
+        network until folded at one λ (:func:`varicodec.models.fold.fold_bitrate_modulator`).
+        """
+        if self.variable_rate:
+            raise ValueError(f"{self.name} modulates its latent by λ, which CompressAI's "
+                             f"network does not: fold it at one λ first "
+                             f"(varicodec.models.fold.fold_bitrate_modulator)")
+        net = ARCHITECTURES[self.arch].build(self.config["N"], self.config["M"]).eval()
+        net.load_state_dict({k.removeprefix("net."): v for k, v in self.state_dict().items()
+                             if k.startswith("net.") and ".gate." not in k})
+        net.update(force=True)
+        return net
+
     def update(self, force: bool = True) -> bool:
         """Build the entropy coder's tables (call after training, before coding)."""
         return self.net.update(force=force)
