@@ -119,6 +119,8 @@ def main() -> int:
                 new["restore"] = before.get("restore")
             if before.get("regenerate") and p.name not in a.rederive:
                 new["regenerate"] = before["regenerate"]
+            if before.get("note"):  # written by hand, like a chained regenerate command
+                new["note"] = before["note"]
             same_weights = (new["fingerprint"] is not None
                             and before.get("fingerprint") == new["fingerprint"])
             if before.get("sha256") != new["sha256"] and same_weights:

@@ -53,7 +53,8 @@ def test_manifest_keeps_a_hand_written_regenerate_command():
         hand = "varicodec train --config a.yaml && varicodec train --config b.yaml --init x"
         (folder / "MANIFEST.json").write_text(json.dumps({"weights": [{
             "file": "m.safetensors", "bytes": 1, "sha256": "0" * 64,
-            "card": "m.safetensors.json", "regenerate": hand, "restore": None}]}))
+            "card": "m.safetensors.json", "regenerate": hand, "restore": None,
+            "note": "written by hand"}]}))
 
         def run(*extra):
             r = subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
@@ -65,6 +66,7 @@ def test_manifest_keeps_a_hand_written_regenerate_command():
 
         entry, err = run()
         assert entry["regenerate"] == hand and entry["bytes"] == 7
+        assert entry["note"] == "written by hand"
         assert "m.safetensors changed" in err  # its bytes differ from the old entry's
         entry, err = run("--rederive", "m.safetensors")
         assert entry["regenerate"].startswith("varicodec train --config configs/tiny-test.yaml")
