@@ -14,7 +14,11 @@ card records, then export), and — while the bytes are in git history — the c
 restores exactly those bytes. Entries already in the manifest whose file is no longer
 on disk are kept as they are, so the manifest outlives the files. A file regenerated
 into the same weights as its entry's (a deterministic fold, say) keeps the entry's size
-and sha256, which results name, and ``--verify`` reports it as "same weights".
+and sha256, which results name, and ``--verify`` reports it as "same weights". An entry
+whose file is gone gets its fingerprint from the evaluations that measured it (every
+point of a ``varicodec eval`` result in docs/results records its weights file and
+fingerprint; ``"fingerprint_from": "results"``), and a file whose fingerprint differs from
+what results recorded under its name is reported.
 
 A regenerate command already in the manifest is kept: the one derived from the card
 (train the last recipe, export) misses a chain of ``--init`` runs, so such commands are
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 from varicodec.models import load_model, weights_fingerprint
@@ -48,6 +53,23 @@ def recipe_config(recipe: str) -> str | None:
             if line.strip() == f"name: {recipe}":
                 return str(cfg.relative_to(ROOT))
     return None
+
+
+def recorded_fingerprints(results: Path, folder: str) -> dict[str, set[str]]:
+    """File name → the weights fingerprints that the evaluations under ``results``
+    recorded for ``folder/<name>`` (each point's ``source`` and ``fingerprint``)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for path in sorted(results.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        points = data.get("points") if isinstance(data, dict) else None
+        for p in points if isinstance(points, list) else []:
+            src, fp = (p.get("source"), p.get("fingerprint")) if isinstance(p, dict) else (0, 0)
+            if isinstance(src, str) and isinstance(fp, str) and str(Path(src).parent) == folder:
+                out[Path(src).name].add(fp)
+    return out
 
 
 def fingerprint(path: Path) -> str | None:
@@ -88,6 +110,9 @@ def main() -> int:
     ap.add_argument("--rederive", nargs="+", default=[], metavar="NAME",
                     help="files whose regenerate command is derived from the card again "
                          "instead of kept")
+    ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results",
+                    help="the evaluations whose recorded fingerprints fill entries whose "
+                         "file is gone (default: docs/results)")
     a = ap.parse_args()
     folder = a.folder.resolve()
     if not folder.is_dir():
@@ -132,6 +157,15 @@ def main() -> int:
     for name in changed:
         print(f"{name} changed: check that its regenerate command still makes it "
               f"({known[name]['regenerate']})", file=sys.stderr)
+    recorded = recorded_fingerprints(a.results.resolve(), str(folder.relative_to(ROOT)))
+    for name, e in known.items():
+        seen = recorded.get(name, set())
+        if e.get("fingerprint") is None and len(seen) == 1 and not (folder / name).exists():
+            e["fingerprint"], e["fingerprint_from"] = next(iter(seen)), "results"
+        elif e.get("fingerprint") and seen - {e["fingerprint"]}:
+            print(f"{name}: results also measured other weights under this name "
+                  f"(fingerprint {', '.join(sorted(seen - {e['fingerprint']}))})",
+                  file=sys.stderr)
     manifest = {
         "policy": "docs/weights-policy.md",
         "command": f"python scripts/weights_manifest.py {folder.relative_to(ROOT)}",

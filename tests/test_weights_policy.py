@@ -121,3 +121,36 @@ def test_a_reexport_of_the_same_weights_keeps_its_entry(manifest_folder):
     save_model(model, m)
     r = run("--verify")
     assert r.returncode == 1 and "not matching: m.safetensors" in r.stdout
+
+
+def test_fingerprints_of_gone_files_come_from_the_results(manifest_folder):
+    """Every eval point records its weights file and fingerprint: an entry whose file is
+    gone gets that fingerprint, and a file whose results recorded other weights under
+    its name is reported."""
+    from conftest import tiny
+
+    from varicodec.models import save_model
+
+    rel = manifest_folder.relative_to(ROOT)
+    save_model(tiny("hyperprior-base"), manifest_folder / "here.safetensors")
+    gone = {"file": "gone.safetensors", "bytes": 1, "sha256": "0" * 64,
+            "card": "gone.safetensors.json", "regenerate": "varicodec train …", "restore": None}
+    (manifest_folder / "MANIFEST.json").write_text(json.dumps({"weights": [gone]}))
+    results = manifest_folder / "results"
+    results.mkdir()
+    points = [{"source": f"{rel}/gone.safetensors", "fingerprint": "00aa"},
+              {"source": f"{rel}/here.safetensors", "fingerprint": "ffff"},
+              {"source": "elsewhere/gone.safetensors", "fingerprint": "1234"}]
+    (results / "eval.json").write_text(json.dumps({"schema": "varicodec-eval/1",
+                                                   "points": points}))
+    (results / "other.json").write_text('["not a results file"]')
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
+                        str(manifest_folder), "--results", str(results)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    entries = {e["file"]: e for e in
+               json.loads((manifest_folder / "MANIFEST.json").read_text())["weights"]}
+    assert entries["gone.safetensors"]["fingerprint"] == "00aa"
+    assert entries["gone.safetensors"]["fingerprint_from"] == "results"
+    assert "fingerprint_from" not in entries["here.safetensors"]  # computed from the file
+    assert "here.safetensors: results also measured other weights" in r.stderr
