@@ -35,6 +35,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from varicodec.eval.results import load_results
 from varicodec.models import load_model, weights_fingerprint
 from varicodec.util import file_sha256, git
 
@@ -57,17 +58,17 @@ def recipe_config(recipe: str) -> str | None:
 
 def recorded_fingerprints(results: Path, folder: str) -> dict[str, set[str]]:
     """File name → the weights fingerprints that the evaluations under ``results``
-    recorded for ``folder/<name>`` (each point's ``source`` and ``fingerprint``)."""
+    recorded for ``folder/<name>`` (each point's ``source`` and ``fingerprint``); files
+    that are not eval results are skipped."""
     out: dict[str, set[str]] = defaultdict(set)
     for path in sorted(results.rglob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            points = load_results(path)["points"]
         except (OSError, UnicodeDecodeError, ValueError):
             continue
-        points = data.get("points") if isinstance(data, dict) else None
-        for p in points if isinstance(points, list) else []:
-            src, fp = (p.get("source"), p.get("fingerprint")) if isinstance(p, dict) else (0, 0)
-            if isinstance(src, str) and isinstance(fp, str) and str(Path(src).parent) == folder:
+        for p in points:
+            src, fp = p.get("source"), p.get("fingerprint")
+            if src and fp and str(Path(src).parent) == folder:
                 out[Path(src).name].add(fp)
     return out
 
