@@ -40,41 +40,6 @@ def test_manifests_describe_every_file(manifest):
             assert local.stat().st_size == e["bytes"]
 
 
-def test_manifest_keeps_a_hand_written_regenerate_command():
-    """scripts/weights_manifest.py derives "train the last recipe, export" from the card;
-    a command already in the manifest (written by hand for an --init chain) survives a
-    re-run, and --rederive replaces it."""
-    folder = ROOT / "runs" / f"manifest-test-{os.getpid()}"  # runs/ is git-ignored
-    folder.mkdir(parents=True)
-    try:
-        (folder / "m.safetensors").write_bytes(b"weights")
-        (folder / "m.safetensors.json").write_text(json.dumps(
-            {"name": "joint-bm", "total_steps": 3, "recipe": {"name": "tiny-test"}}))
-        hand = "varicodec train --config a.yaml && varicodec train --config b.yaml --init x"
-        (folder / "MANIFEST.json").write_text(json.dumps({"weights": [{
-            "file": "m.safetensors", "bytes": 1, "sha256": "0" * 64,
-            "card": "m.safetensors.json", "regenerate": hand, "restore": None,
-            "note": "written by hand"}]}))
-
-        def run(*extra):
-            r = subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
-                                str(folder), *extra], capture_output=True, text=True,
-                               timeout=120, cwd=ROOT)
-            assert r.returncode == 0, r.stderr
-            entry, = json.loads((folder / "MANIFEST.json").read_text())["weights"]
-            return entry, r.stderr
-
-        entry, err = run()
-        assert entry["regenerate"] == hand and entry["bytes"] == 7
-        assert entry["note"] == "written by hand"
-        assert "m.safetensors changed" in err  # its bytes differ from the old entry's
-        entry, err = run("--rederive", "m.safetensors")
-        assert entry["regenerate"].startswith("varicodec train --config configs/tiny-test.yaml")
-        assert "changed" not in err
-    finally:
-        shutil.rmtree(folder)
-
-
 @pytest.fixture
 def manifest_folder():
     """A scratch folder under runs/ (git-ignored): the script writes paths relative to
@@ -83,6 +48,42 @@ def manifest_folder():
     folder.mkdir(parents=True)
     yield folder
     shutil.rmtree(folder)
+
+
+def run_manifest(folder, *extra) -> subprocess.CompletedProcess:
+    """``python scripts/weights_manifest.py FOLDER EXTRA…``, its output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
+                           str(folder), *extra], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_manifest_keeps_a_hand_written_regenerate_command(manifest_folder):
+    """scripts/weights_manifest.py derives "train the last recipe, export" from the card;
+    a command already in the manifest (written by hand for an --init chain) survives a
+    re-run, and --rederive replaces it."""
+    folder = manifest_folder
+    (folder / "m.safetensors").write_bytes(b"weights")
+    (folder / "m.safetensors.json").write_text(json.dumps(
+        {"name": "joint-bm", "total_steps": 3, "recipe": {"name": "tiny-test"}}))
+    hand = "varicodec train --config a.yaml && varicodec train --config b.yaml --init x"
+    (folder / "MANIFEST.json").write_text(json.dumps({"weights": [{
+        "file": "m.safetensors", "bytes": 1, "sha256": "0" * 64,
+        "card": "m.safetensors.json", "regenerate": hand, "restore": None,
+        "note": "written by hand"}]}))
+
+    def run(*extra):
+        r = run_manifest(folder, *extra)
+        assert r.returncode == 0, r.stderr
+        entry, = json.loads((folder / "MANIFEST.json").read_text())["weights"]
+        return entry, r.stderr
+
+    entry, err = run()
+    assert entry["regenerate"] == hand and entry["bytes"] == 7
+    assert entry["note"] == "written by hand"
+    assert "m.safetensors changed" in err  # its bytes differ from the old entry's
+    entry, err = run("--rederive", "m.safetensors")
+    assert entry["regenerate"].startswith("varicodec train --config configs/tiny-test.yaml")
+    assert "changed" not in err
 
 
 def test_a_reexport_of_the_same_weights_keeps_its_entry(manifest_folder):
@@ -104,14 +105,9 @@ def test_a_reexport_of_the_same_weights_keeps_its_entry(manifest_folder):
     save_model(model, m, card={"note": "exported again, by another commit"})
     assert file_sha256(m) != first["sha256"]
 
-    def run(*extra):
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
-                               str(manifest_folder), *extra], capture_output=True, text=True,
-                              timeout=120, cwd=ROOT)
-
-    r = run("--verify")
+    r = run_manifest(manifest_folder, "--verify")
     assert r.returncode == 0 and "same weights" in r.stdout, r.stdout + r.stderr
-    r = run()
+    r = run_manifest(manifest_folder)
     entry, = json.loads((manifest_folder / "MANIFEST.json").read_text())["weights"]
     assert r.returncode == 0 and "changed" not in r.stderr, r.stderr
     assert (entry["sha256"], entry["bytes"]) == (first["sha256"], first["bytes"])
@@ -119,7 +115,7 @@ def test_a_reexport_of_the_same_weights_keeps_its_entry(manifest_folder):
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # other weights
     save_model(model, m)
-    r = run("--verify")
+    r = run_manifest(manifest_folder, "--verify")
     assert r.returncode == 1 and "not matching: m.safetensors" in r.stdout
 
 
@@ -144,9 +140,7 @@ def test_fingerprints_of_gone_files_come_from_the_results(manifest_folder):
     (results / "eval.json").write_text(json.dumps({"schema": "varicodec-eval/1",
                                                    "points": points}))
     (results / "other.json").write_text('["not a results file"]')
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "weights_manifest.py"),
-                        str(manifest_folder), "--results", str(results)],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = run_manifest(manifest_folder, "--results", str(results))
     assert r.returncode == 0, r.stderr
     entries = {e["file"]: e for e in
                json.loads((manifest_folder / "MANIFEST.json").read_text())["weights"]}
