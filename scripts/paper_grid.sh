@@ -2,7 +2,7 @@
 # Train (or continue) the paper's grid for one architecture and export every model to
 # checkpoints/paper/ (configs/paper/README.md). Resumable: finished runs are skipped,
 # interrupted ones continue from their checkpoint. Usage:
-#   [ARCH=hyperprior|hyperprior-paper|hyperprior-128|mean|mean-128|joint] bash scripts/paper_grid.sh [STAGE...]
+#   [ARCH=hyperprior|hyperprior-paper|hyperprior-128|mean|mean-128|joint|joint-128] bash scripts/paper_grid.sh [STAGE...]
 #   stages: pre bm base ecg extra ecgbm (hyperprior also: ablation); and, not among the
 #   defaults, eval: Kodak evaluations of the base, ecg and base-extra sets of QUALITIES
 #   into docs/results/paper/{arch}-{set}-q{first}-{last}.json and the ECG-vs-base-extra
@@ -14,7 +14,9 @@
 # universal N=192/M=320; their default stages are pre bm base ecg extra ecgbm. ARCH=hyperprior-128
 # and ARCH=mean-128 are the smaller grid the CPU affords: the N=128/M=192 lineage of hyperprior-paper
 # (q1-q5) and mean (q1-q4), folded from a universal model of that width, continued to q6-q8 and
-# q5-q8 (their default QUALITIES), stages base ecg extra. Environment:
+# q5-q8 (their default QUALITIES), stages base ecg extra. ARCH=joint-128 is the joint model's
+# N=128/M=192 lineage at every quality (q1-q8 by default; CompressAI's joint is never that
+# narrow), folded from checkpoints/paper/joint-bm-128-cpu, stages base ecg extra. Environment:
 #   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
 #               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
 #   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
@@ -65,8 +67,8 @@ case $ARCH in
   # (their base configs' init), so only N=192/M=320 is pre-trained here
   mean | hyperprior-paper) defaults=(pre bm base ecg extra ecgbm); widths=(192x320) ;;
   joint) defaults=(pre bm base ecg extra ecgbm); widths=(192x192 192x320) ;;
-  hyperprior-128 | mean-128) defaults=(base ecg extra) ;;
-  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper hyperprior-128 mean mean-128 joint)" >&2
+  hyperprior-128 | mean-128 | joint-128) defaults=(base ecg extra) ;;
+  *) echo "unknown ARCH $ARCH (hyperprior hyperprior-paper hyperprior-128 mean mean-128 joint joint-128)" >&2
      exit 2 ;;
 esac
 
