@@ -115,9 +115,10 @@ def test_paper_grid_has_the_issue_sizes(arch):
     ("joint-128", tuple(range(1, 9)), "checkpoints/paper/joint-bm-128-cpu.safetensors"),
 ])
 def test_paper_grid_smaller_grids(arch, qualities, parent):
-    """ARCH=hyperprior-128 / mean-128 / joint-128: the qualities above the small width at
-    N=128/M=192 (not CompressAI's width there; joint's is never that narrow), folded with 0 steps from the universal model of that
-    width like the small-width qualities, then ecg and extra from it."""
+    """ARCH=hyperprior-128 / mean-128: the qualities above the small width at N=128/M=192
+    (not CompressAI's width there), and ARCH=joint-128 every quality (CompressAI's joint is
+    never that narrow), folded with 0 steps from the universal model of that width like the
+    small-width qualities, then ecg and extra from it."""
     grid = _grid(arch)
     assert {p for p, _ in grid} == set(PAPER.glob(f"{arch}-*.yaml"))
     assert len(grid) == 3 * len(qualities)
