@@ -50,13 +50,16 @@ run_or_print() {  # run a command, or under DRY_RUN print it (shell-quoted)
 
 evaluate() {  # the Kodak evaluations and the table of the fixed-rate sets of QS
   local results=${RESULTS:-docs/results/paper} span="q${QS[0]}-${QS[-1]}" ref=${ARCH%-*}
-  local v q files
+  local v q files label=$ref
+  # hyperprior-128 / mean-128 are merged with the small-width set of their architecture
+  # into one curve per set; joint-128 is a lineage of its own, so its legend names it
+  [[ $ARCH == joint-128 ]] && label=$ARCH
   [[ $ARCH == hyperprior ]] && { echo "eval: issue 7's grid is evaluated as in hyperprior.md" >&2; exit 2; }
   for v in base ecg base-extra; do
     files=()
     for q in "${QS[@]}"; do files+=("$OUT/$ARCH-$v-q$q.safetensors"); done
     run_or_print "$VARICODEC" eval --model "${files[@]}" "${KODAK:-../shared/data/kodak}" \
-      -o "$results/$ARCH-$v-$span.json" --label "$ref $v" --threads 2 --force
+      -o "$results/$ARCH-$v-$span.json" --label "$label $v" --threads 2 --force
   done
   run_or_print "$VARICODEC" table "$results/$ARCH-base-extra-$span.json" \
     "$results/$ARCH-ecg-$span.json" --reference "$ref" -o "$results/$ARCH-ecg-vs-extra-$span.md"

@@ -165,6 +165,12 @@ def test_paper_grid_eval_stage_names_the_grids_sets():
         assert cmd[cmd.index("-o") + 1] == f"docs/results/paper/mean-{v}-q1-4.json"
     assert cmds[3][2:4] == ["docs/results/paper/mean-base-extra-q1-4.json",
                             "docs/results/paper/mean-ecg-q1-4.json"]
+    env |= {"ARCH": "joint-128", "QUALITIES": "1 2 3 4 5 6 7 8"}  # a lineage of its own
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), "eval"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    labels = [shlex.split(line) for line in out.splitlines()][:3]
+    assert [c[c.index("--label") + 1] for c in labels] == [
+        f"joint-128 {v}" for v in ("base", "ecg", "base-extra")]
     env["ARCH"] = "hyperprior"
     assert subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), "eval"], env=env,
                           cwd=ROOT, capture_output=True).returncode == 2
