@@ -34,6 +34,7 @@ from ..imageio import (
 from ..metrics import psnr_db
 from ..models import VaricodecModel
 from ..models.codec_model import guard_is_hash_mode
+from ..models.refine import check_refinable, check_steps, fixed_latents, refine_latents
 from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda
 from ..util import trim_freed_memory
@@ -121,6 +122,13 @@ def _choose_lmbda(model: VaricodecModel, lmbda, quality) -> float | None:
     return model.lmbda_range.check(lmbda)
 
 
+def _check_refine(refine, bpp, psnr) -> None:
+    check_steps(refine)
+    if refine and (bpp is not None or psnr is not None):
+        raise ValueError("refinement codes at one lambda: give a quality or lambda, "
+                         "not a bpp/psnr target")
+
+
 def _check_rate_options(lmbda, quality, bpp, psnr, tolerance=None) -> None:
     given = [n for n, v in (("lmbda", lmbda), ("quality", quality), ("bpp", bpp),
                             ("psnr", psnr)) if v is not None]
@@ -140,8 +148,10 @@ def _check_rate_options(lmbda, quality, bpp, psnr, tolerance=None) -> None:
 class _Coder:
     """One image and one model: code at a λ, measure the result."""
 
-    def __init__(self, model: VaricodecModel, src: SourceImage) -> None:
+    def __init__(self, model: VaricodecModel, src: SourceImage, refine: int = 0,
+                 progress: bool = False) -> None:
         self.model, self.src = model, src
+        self.refine, self.progress = refine, progress
         self.fp = fingerprint(model)
         device = next(model.parameters()).device   # a model on a GPU codes there
         self.x = pad_to_multiple(to_tensor(src.rgb), model.downsampling_factor).to(device)
@@ -153,7 +163,10 @@ class _Coder:
         if code is not None:
             assert m.lmbda_range is not None
             lmbda = m.lmbda_range.decode(code)
-        out = m.compress(self.x, lmbda)
+        if self.refine:
+            out = self._refined(lmbda)
+        else:
+            out = m.compress(self.x, lmbda)
         if tuple(out["shape"]) != self.shape:
             raise VaricodecError(f"{m.name}: unexpected hyper-latent shape {out['shape']}")
         s = out["strings"]
@@ -162,6 +175,15 @@ class _Coder:
             height=self.src.height, y=s[0][0], z=s[1][0], side=s[2][0] if m.gated else b"",
             alpha=self.alpha, gray=self.src.gray, lmbda_code=out["lmbda_code"], guard=s[-1][0],
         )
+
+    def _refined(self, lmbda: float | None) -> dict:
+        """``compress`` with latents refined for this image (:mod:`varicodec.models.refine`)."""
+        m = self.model
+        used = m.lmbda if lmbda is None else m.lmbda_range.decode(m.lmbda_range.encode(lmbda))
+        r = refine_latents(m, self.x, used, self.refine, progress=self.progress,
+                           size=(self.src.height, self.src.width))
+        with fixed_latents(m, r.y, r.z):
+            return m.compress(self.x, lmbda)
 
     def searching(self):
         """Context for a rate-control search: ``g_a`` runs once for all trials."""
@@ -228,6 +250,8 @@ def encode_image(
     strict: bool = False,
     tile: int | str | None = "auto",
     tile_margin: int = DEFAULT_MARGIN,
+    refine: int = 0,
+    progress: bool = False,
 ) -> EncodeResult:
     """Encode ``image`` and report rate, distortion and rate control.
 
@@ -243,9 +267,13 @@ def encode_image(
     with 16-pixel margins (bounded memory, :mod:`.tiles`), ``0``/``None`` never
     tiles, a number ≥ 64 sets the tile side; ``tile_margin`` (0..255 pixels)
     the context each tile is coded with.
+    ``refine``: gradient steps that tune this image's latents before coding
+    (:mod:`varicodec.models.refine`; slower encode, same decoder; ``0`` off; not with
+    a bpp/psnr target); ``progress`` shows their progress on stderr.
     """
     t0 = time.perf_counter()
     _check_rate_options(lmbda, quality, bpp, psnr, tolerance)
+    _check_refine(refine, bpp, psnr)
     choose_tile(64, 64, tile)  # validate before reading the image
     if not 0 <= tile_margin <= 255:
         raise ValueError(f"tile margin must be 0..255 pixels, got {tile_margin}")
@@ -256,8 +284,11 @@ def encode_image(
             f"rate control (bpp/psnr targets) needs a variable-rate model; "
             f"{m.name} is fixed-rate"
         )
+    if refine:
+        check_refinable(m)
     side = choose_tile(src.width, src.height, tile)
-    coder = (_Coder(m, src) if side is None else _TiledCoder(m, src, side, tile_margin))
+    coder = (_Coder(m, src, refine, progress) if side is None
+             else _TiledCoder(m, src, side, tile_margin, refine, progress))
     return _encode_with(coder, m, src, lmbda=lmbda, quality=quality, bpp=bpp, psnr=psnr,
                         tolerance=tolerance, strict=strict, compute_psnr=compute_psnr, t0=t0)
 
@@ -315,15 +346,18 @@ def _core(t: Tile, a: np.ndarray) -> np.ndarray:
 class _TiledCoder:
     """One image cut into tiles (:mod:`.tiles`); each tile a :class:`_Coder` in turn."""
 
-    def __init__(self, model: VaricodecModel, src: SourceImage, side: int, margin: int) -> None:
+    def __init__(self, model: VaricodecModel, src: SourceImage, side: int, margin: int,
+                 refine: int = 0, progress: bool = False) -> None:
         self.model, self.src, self.side, self.margin = model, src, side, margin
+        self.refine, self.progress = refine, progress
         self.grid = tile_grid(src.width, src.height, side, margin)
 
     def code(self, lmbda: float | None = None, code: int | None = None) -> TiledFile:
         # one tile's tensors at a time: that is the point of tiling
         tiles = []
         for t in self.grid:
-            tiles.append(_Coder(self.model, _crop(self.src, t.coded)).code(lmbda, code).pack())
+            coder = _Coder(self.model, _crop(self.src, t.coded), self.refine, self.progress)
+            tiles.append(coder.code(lmbda, code).pack())
             trim_freed_memory()
         m = self.model
         return TiledFile(version=FORMAT_VERSION, model_name=m.name, fingerprint=fingerprint(m),
@@ -361,15 +395,16 @@ def encode(
     quality: float | None = None,
     bpp: float | None = None,
     psnr: float | None = None,
+    refine: int = 0,
 ) -> bytes:
     """Compress ``image`` (path, Pillow image or ``H×W×3`` uint8 array) to ``.vcd`` bytes.
 
     ``model``: a :class:`VaricodecModel`, a registry name, a ``.safetensors``
-    path or ``None`` (bundled ``hyperprior-ecgbm``). Rate options as in
-    :func:`encode_image`.
+    path or ``None`` (bundled ``hyperprior-ecgbm``). Rate options and ``refine`` as
+    in :func:`encode_image`.
     """
     return encode_image(image, model, lmbda=lmbda, quality=quality, bpp=bpp, psnr=psnr,
-                        compute_psnr=False).data
+                        compute_psnr=False, refine=refine).data
 
 
 # ------------------------------------------------------------------- decode

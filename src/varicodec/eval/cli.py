@@ -60,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip the FLOP-counting pass")
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
                    help="skip the likelihood (estimated rate) pass")
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="encode with latent refinement (varicodec encode --refine STEPS)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", action="store_true",
@@ -108,7 +110,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .runner import evaluate_codec, evaluate_models, list_images, model_set, parse_values
+    from .runner import (
+        VaricodecCoder,
+        evaluate_codec,
+        evaluate_models,
+        list_images,
+        model_set,
+        parse_values,
+    )
 
     dataset = args.dataset
     if dataset is None and args.model and len(args.model) > 1 and _not_a_model(args.model[-1]):
@@ -125,8 +134,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.codec:
         from .classical import get_codec
 
-        if args.lmbda or args.quality:
-            raise ValueError("--lmbda/--quality are for models; a codec takes --sweep")
+        if args.lmbda or args.quality or args.refine:
+            raise ValueError("--lmbda/--quality/--refine are for models; a codec takes --sweep")
         codec = get_codec(args.codec)
         sweep = parse_values(args.sweep, f"{codec.setting}") if args.sweep else None
         results = evaluate_codec(codec, images, sweep, progress=progress, dataset_dir=dataset,
@@ -145,7 +154,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"varicodec: warning: {', '.join(args.model)}: no trained weights, so this "
                   "would evaluate a randomly initialised model", file=sys.stderr)
             raise ValueError("pass --untrained to evaluate untrained models on purpose")
-        results = evaluate_models(models, images, flops=args.flops, estimate=args.estimate,
+        results = evaluate_models(models, images, VaricodecCoder(refine=args.refine),
+                                  flops=args.flops, estimate=args.estimate,
                                   progress=progress, dataset_dir=dataset, limit=args.limit)
     from .results import save_results
 

@@ -32,6 +32,7 @@ from ..imageio import load_rgb, pad_to_multiple, to_tensor
 from ..losses import bpp_from_likelihoods
 from ..metrics import ms_ssim, psnr_db
 from ..models import VaricodecModel, create_model, list_models, load_model, weights_fingerprint
+from ..models.refine import check_steps
 from ..progress import progress_bar
 from ..quality import QUALITY_LMBDAS, lmbda_to_quality, quality_to_lmbda
 from ..util import IMAGE_SUFFIXES
@@ -76,7 +77,7 @@ class VaricodecCoder:
 
     name = "varicodec.codec"
 
-    def __init__(self) -> None:
+    def __init__(self, refine: int = 0) -> None:
         try:
             from .. import codec
         except ImportError as e:
@@ -85,12 +86,14 @@ class VaricodecCoder:
                 f"available in this build ({e})"
             ) from None
         self._codec = codec
+        #: latent refinement steps of every encode (``varicodec encode --refine``)
+        self.refine = check_steps(refine)
+        if self.refine:
+            self.name += f" --refine {self.refine}"
 
     def encode(self, rgb: np.ndarray, model: VaricodecModel | Path,
                lmbda: float | None) -> bytes:
-        if lmbda is None:
-            return self._codec.encode(rgb, model)
-        return self._codec.encode(rgb, model, lmbda=lmbda)
+        return self._codec.encode(rgb, model, lmbda=lmbda, refine=self.refine)
 
     def decode(self, data: bytes, model: VaricodecModel | Path) -> np.ndarray:
         image = self._codec.decode(data, model)
@@ -449,9 +452,12 @@ def evaluate_models(
         bar.close()
     assert info is not None
     info["models"] = len(models.files) or n_models
+    options = {"flops": flops, "estimate": estimate}
+    if getattr(coder, "refine", 0):  # only then: results without it still merge
+        options["refine"] = coder.refine
     return {
         "schema": SCHEMA, "label": models.label, "kind": "model", "model": info, "codec": None,
-        "coder": coder.name, "options": {"flops": flops, "estimate": estimate},
+        "coder": coder.name, "options": options,
         "dataset": _dataset_info(imgs.paths, dataset_dir, limit),
         "environment": environment(), "points": points,
     }
