@@ -32,15 +32,17 @@ from varicodec.codec import decode, encode_image, resolve_model
 from varicodec.eval.runner import list_images, parse_values
 from varicodec.imageio import open_image
 from varicodec.metrics import psnr_db
+from varicodec.models.refine import DEFAULT_LR, ROUNDINGS
 from varicodec.quality import quality_to_lmbda
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "val"
 
 
-def _coded(arr: np.ndarray, model, quality: float, refine: int) -> dict:
+def _coded(arr: np.ndarray, model, quality: float, refine: int, options: dict) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
-    r = encode_image(arr, model, quality=quality, refine=refine, compute_psnr=False)
+    r = encode_image(arr, model, quality=quality, refine=refine, compute_psnr=False,
+                     refine_options=options)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     decoded = np.asarray(decode(r.data, model).convert("RGB"))
     db = psnr_db(arr, decoded)
@@ -50,15 +52,16 @@ def _coded(arr: np.ndarray, model, quality: float, refine: int) -> dict:
 
 
 def run(images: list[Path], model, qualities: list[float], steps: list[int],
-        progress: bool = True) -> dict:
+        options: dict | None = None, progress: bool = True) -> dict:
+    options = options or {}
     m = resolve_model(model)
     rows = []
     for path in images:
         arr = open_image(path).pixels()[..., :3]
         for q in qualities:
-            plain = _coded(arr, m, q, 0)
+            plain = _coded(arr, m, q, 0, {})
             for n in steps:
-                refined = _coded(arr, m, q, n)
+                refined = _coded(arr, m, q, n, options)
                 rows.append({"image": path.name, "quality": q, "steps": n,
                              "plain": plain, "refined": refined})
                 if progress:
@@ -82,7 +85,8 @@ def run(images: list[Path], model, qualities: list[float], steps: list[int],
                 "encode_time_ratio": ratio["encode_s"],
                 "encode_cpu_ratio": ratio["encode_cpu_s"],
             })
-    return {"model": m.name, "threads": torch.get_num_threads(), "summary": summary, "rows": rows}
+    return {"model": m.name, "threads": torch.get_num_threads(), "options": options,
+            "summary": summary, "rows": rows}
 
 
 def table(result: dict) -> str:
@@ -103,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality", default="1,4,8", help="qualities, e.g. 1,4,8 or 1..8")
     p.add_argument("--steps", default="50", help="refinement budgets, e.g. 25,50,100")
     p.add_argument("--limit", type=int, help="only the first K images")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam step size on the latents")
+    p.add_argument("--rounding", choices=ROUNDINGS, default="sga",
+                   help="relaxed rounding during the steps (sga: the encoder's; ste: for "
+                   "comparison)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
@@ -115,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     steps = [int(s) for s in parse_values(args.steps, "steps")]
     result = run(list_images(data, args.limit), args.model,
-                 parse_values(args.quality, "quality"), steps)
+                 parse_values(args.quality, "quality"), steps,
+                 {"lr": args.lr, "rounding": args.rounding})
     print(table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -149,9 +149,10 @@ class _Coder:
     """One image and one model: code at a λ, measure the result."""
 
     def __init__(self, model: VaricodecModel, src: SourceImage, refine: int = 0,
-                 progress: bool = False) -> None:
+                 progress: bool = False, refine_options: dict | None = None) -> None:
         self.model, self.src = model, src
         self.refine, self.progress = refine, progress
+        self.refine_options = refine_options or {}
         self.fp = fingerprint(model)
         device = next(model.parameters()).device   # a model on a GPU codes there
         self.x = pad_to_multiple(to_tensor(src.rgb), model.downsampling_factor).to(device)
@@ -181,7 +182,7 @@ class _Coder:
         m = self.model
         used = m.lmbda if lmbda is None else m.lmbda_range.decode(m.lmbda_range.encode(lmbda))
         r = refine_latents(m, self.x, used, self.refine, progress=self.progress,
-                           size=(self.src.height, self.src.width))
+                           size=(self.src.height, self.src.width), **self.refine_options)
         with fixed_latents(m, r.y, r.z):
             return m.compress(self.x, lmbda)
 
@@ -252,6 +253,7 @@ def encode_image(
     tile_margin: int = DEFAULT_MARGIN,
     refine: int = 0,
     progress: bool = False,
+    refine_options: dict | None = None,
 ) -> EncodeResult:
     """Encode ``image`` and report rate, distortion and rate control.
 
@@ -269,7 +271,9 @@ def encode_image(
     the context each tile is coded with.
     ``refine``: gradient steps that tune this image's latents before coding
     (:mod:`varicodec.models.refine`; slower encode, same decoder; ``0`` off; not with
-    a bpp/psnr target); ``progress`` shows their progress on stderr.
+    a bpp/psnr target); ``progress`` shows their progress on stderr;
+    ``refine_options``: keyword arguments of :func:`~varicodec.models.refine.refine_latents`
+    (``lr``, ``seed``, ``rounding``; for experiments).
     """
     t0 = time.perf_counter()
     _check_rate_options(lmbda, quality, bpp, psnr, tolerance)
@@ -287,8 +291,8 @@ def encode_image(
     if refine:
         check_refinable(m)
     side = choose_tile(src.width, src.height, tile)
-    coder = (_Coder(m, src, refine, progress) if side is None
-             else _TiledCoder(m, src, side, tile_margin, refine, progress))
+    coder = (_Coder(m, src, refine, progress, refine_options) if side is None
+             else _TiledCoder(m, src, side, tile_margin, refine, progress, refine_options))
     return _encode_with(coder, m, src, lmbda=lmbda, quality=quality, bpp=bpp, psnr=psnr,
                         tolerance=tolerance, strict=strict, compute_psnr=compute_psnr, t0=t0)
 
@@ -347,16 +351,18 @@ class _TiledCoder:
     """One image cut into tiles (:mod:`.tiles`); each tile a :class:`_Coder` in turn."""
 
     def __init__(self, model: VaricodecModel, src: SourceImage, side: int, margin: int,
-                 refine: int = 0, progress: bool = False) -> None:
+                 refine: int = 0, progress: bool = False,
+                 refine_options: dict | None = None) -> None:
         self.model, self.src, self.side, self.margin = model, src, side, margin
-        self.refine, self.progress = refine, progress
+        self.refine, self.progress, self.refine_options = refine, progress, refine_options
         self.grid = tile_grid(src.width, src.height, side, margin)
 
     def code(self, lmbda: float | None = None, code: int | None = None) -> TiledFile:
         # one tile's tensors at a time: that is the point of tiling
         tiles = []
         for t in self.grid:
-            coder = _Coder(self.model, _crop(self.src, t.coded), self.refine, self.progress)
+            coder = _Coder(self.model, _crop(self.src, t.coded), self.refine, self.progress,
+                           self.refine_options)
             tiles.append(coder.code(lmbda, code).pack())
             trim_freed_memory()
         m = self.model

@@ -43,6 +43,7 @@ from .codec_model import VaricodecModel
 __all__ = [
     "DEFAULT_LR",
     "MAX_STEPS",
+    "ROUNDINGS",
     "TAU_END",
     "TAU_START",
     "Refinement",
@@ -57,6 +58,8 @@ DEFAULT_LR = 0.05
 TAU_START, TAU_END = 0.5, 0.05
 #: the most steps one refinement may take (a typo guard: 1 000 take ~15 min per Kodak image)
 MAX_STEPS = 10_000
+#: how rounding is relaxed during the steps
+ROUNDINGS = ("sga", "ste")
 #: temperature of the Gumbel-softmax sample itself (Yang et al.'s choice)
 _SAMPLE_TEMPERATURE = 0.5
 _EPS = 1e-5
@@ -133,7 +136,8 @@ def _sga(v: Tensor, tau: float, generator: torch.Generator) -> Tensor:
 @contextmanager
 def _relaxed_rounding(model: VaricodecModel, state: dict) -> Iterator[None]:
     """Inside the block the entropy models' evaluation-mode rounding (``"dequantize"``,
-    around the means or medians as the coder does) is SGA at ``state["tau"]``."""
+    around the means or medians as the coder does) is SGA at ``state["tau"]`` (or the
+    straight-through estimator if ``state["rounding"]`` is ``"ste"``)."""
     coders = [model.net.entropy_bottleneck, model.net.gaussian_conditional]
     for em in coders:
         original = em.quantize
@@ -143,7 +147,10 @@ def _relaxed_rounding(model: VaricodecModel, state: dict) -> Iterator[None]:
             if mode != "dequantize":
                 return _original(inputs, mode, means)
             v = inputs if means is None else inputs - means
-            out = _sga(v, state["tau"], state["generator"])
+            if state["rounding"] == "ste":  # straight-through: round, identity gradient
+                out = v + (torch.round(v) - v).detach()
+            else:
+                out = _sga(v, state["tau"], state["generator"])
             return out if means is None else out + means
 
         em.quantize = quantize
@@ -192,15 +199,19 @@ def _initial_latents(model: VaricodecModel, x: Tensor, lm: Tensor | None
 
 def refine_latents(model: VaricodecModel, x: Tensor, lmbda: float, steps: int, *,
                    size: tuple[int, int] | None = None, lr: float = DEFAULT_LR,
-                   seed: int = 0, progress: bool = False) -> Refinement:
+                   seed: int = 0, rounding: str = "sga", progress: bool = False
+                   ) -> Refinement:
     """Refine the latents of one image ``x`` (1×3×H×W in [0, 1], padded to the model's
     multiple) for ``steps`` Adam steps on ``bpp + λ·255²·MSE`` at ``lmbda`` (the λ
     the file will carry). ``size``: the image's height and width before padding
     (rate and distortion count those pixels only). ``seed`` fixes the Gumbel noise,
     so one machine at one thread count refines the same image to the same latents.
+    ``rounding``: ``"sga"`` (the default) or ``"ste"`` (straight-through; for comparison).
     """
     check_refinable(model)
     check_steps(steps)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"refinement takes one image (1×3×H×W), got {tuple(x.shape)}")
     h, w = size or (x.shape[2], x.shape[3])
@@ -213,7 +224,7 @@ def refine_latents(model: VaricodecModel, x: Tensor, lmbda: float, steps: int, *
         y, z = y0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
         opt = torch.optim.Adam([y, z], lr=lr)
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        state = {"tau": TAU_START, "generator": generator}
+        state = {"tau": TAU_START, "generator": generator, "rounding": rounding}
         target = x[..., :h, :w]
         costs: list[float] = []
         bar = progress_bar(steps, "refine", "step", enabled=progress and steps > 0)
