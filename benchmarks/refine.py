@@ -12,8 +12,16 @@ machine the CPU-time ratio is the stable one). Decoding is unchanged by construc
 Tune on the validation images, never on Kodak (the default ``--data`` is the validation
 folder)::
 
-    nice python benchmarks/refine.py --quality 1,4,8 --steps 25,50,100 --limit 3 \\
+    nice python benchmarks/refine.py --quality 1,4,8 --steps 25,50,100 --limit 2 \\
         --json docs/results/refine/val-sweep.json
+
+``--compare PLAIN.json REFINED.json`` reads two ``varicodec eval`` results of the same
+weights on the same images (one with ``--refine``) and gives the same per-quality
+changes, image by image at equal λ, with the share of images whose cost fell and the
+encode and decode time ratios (each file's times as ``eval`` measured them)::
+
+    python benchmarks/refine.py --compare docs/results/gpu/hyperprior-ecgbm-128-w2.json \\
+        docs/results/refine/kodak-refine50.json
 """
 
 from __future__ import annotations
@@ -89,6 +97,62 @@ def run(images: list[Path], model, qualities: list[float], steps: list[int],
             "summary": summary, "rows": rows}
 
 
+def _cost(row: dict, lmbda: float) -> float:
+    """``bpp + λ·255²·MSE`` of one image row of an eval result."""
+    return row["bpp"] + lmbda * 255**2 * 10 ** (-row["psnr_db"] / 10)
+
+
+def compare(plain: dict, refined: dict) -> dict:
+    """Per-λ changes from ``plain`` to ``refined`` (two ``varicodec eval`` results)."""
+    by_lmbda = {round(p["lmbda"], 9): p for p in plain["points"]}
+    summary = []
+    for rp in refined["points"]:
+        pp = by_lmbda.get(round(rp["lmbda"], 9))
+        if pp is None:
+            continue
+        if pp["fingerprint"] != rp["fingerprint"]:
+            raise ValueError(f"lambda {rp['lmbda']:g}: the two results measured other weights")
+        plain_images = {r["image"]: r for r in pp["images"]}
+        pairs = [(plain_images[r["image"]], r) for r in rp["images"]
+                 if r["image"] in plain_images]
+        if not pairs:
+            raise ValueError(f"lambda {rp['lmbda']:g}: no image in common")
+        lm = rp["lmbda"]
+        ratios = [_cost(b, lm) / _cost(a, lm) for a, b in pairs]
+        summary.append({
+            "quality": rp["quality"], "lmbda": lm, "images": len(pairs),
+            "plain_bpp": statistics.fmean(a["bpp"] for a, _ in pairs),
+            "plain_psnr_db": statistics.fmean(a["psnr_db"] for a, _ in pairs),
+            "refined_bpp": statistics.fmean(b["bpp"] for _, b in pairs),
+            "refined_psnr_db": statistics.fmean(b["psnr_db"] for _, b in pairs),
+            "bpp_change_pct": 100 * (statistics.fmean(b["bpp"] / a["bpp"] for a, b in pairs) - 1),
+            "psnr_change_db": statistics.fmean(b["psnr_db"] - a["psnr_db"] for a, b in pairs),
+            "cost_change_pct": 100 * (statistics.fmean(ratios) - 1),
+            "images_improved": sum(r < 1 for r in ratios),
+            "encode_time_ratio": statistics.fmean(b["encode_s"] for _, b in pairs)
+            / statistics.fmean(a["encode_s"] for a, _ in pairs),
+            "decode_time_ratio": statistics.fmean(b["decode_s"] for _, b in pairs)
+            / statistics.fmean(a["decode_s"] for a, _ in pairs),
+        })
+    if not summary:
+        raise ValueError("the two results share no lambda")
+    return {"plain": plain["label"], "refined": refined["label"], "summary": summary}
+
+
+def compare_table(result: dict) -> str:
+    lines = ["| quality | images | plain bpp / PSNR | refined bpp / PSNR | bpp change | "
+             "PSNR change | J change | images with lower J | encode time × | decode time × |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in result["summary"]:
+        lines.append(
+            f"| {s['quality']:g} | {s['images']} | {s['plain_bpp']:.3f} / "
+            f"{s['plain_psnr_db']:.2f} | {s['refined_bpp']:.3f} / {s['refined_psnr_db']:.2f} | "
+            f"{s['bpp_change_pct']:+.1f} % | {s['psnr_change_db']:+.2f} dB | "
+            f"{s['cost_change_pct']:+.1f} % | {s['images_improved']} | "
+            f"{s['encode_time_ratio']:.0f} | {s['decode_time_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = ["| quality | steps | images | bpp change | PSNR change | J change | encode time × "
              "(wall / CPU) |", "|---|---|---|---|---|---|---|"]
@@ -113,12 +177,26 @@ def main(argv: list[str] | None = None) -> int:
                    "comparison)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", help="write the result here")
+    p.add_argument("--compare", nargs=2, metavar=("PLAIN.json", "REFINED.json"),
+                   help="compare two varicodec eval results instead of encoding")
     args = p.parse_args(argv)
+    if args.compare:
+        from varicodec.eval.results import load_results
+
+        try:
+            result = compare(*(load_results(f) for f in args.compare))
+        except (ValueError, OSError) as e:
+            print(f"refine: error: {e}", file=sys.stderr)
+            return 2
+        print(compare_table(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     data = Path(args.data)
     if not data.is_dir():
-        print(f"refine: no image folder at {data} (see ../shared/data/README.md); skipped",
-              file=sys.stderr)
-        return 0
+        print(f"refine: no image folder at {data} (see ../shared/data/README.md); "
+              "nothing measured", file=sys.stderr)
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = [int(s) for s in parse_values(args.steps, "steps")]

@@ -8,7 +8,7 @@ import torch
 from conftest import load_benchmark
 
 
-@pytest.mark.parametrize("name", ["rate_control", "grid_speed", "sparse_speed"])
+@pytest.mark.parametrize("name", ["rate_control", "grid_speed", "sparse_speed", "refine"])
 def test_missing_data_is_not_a_success(name, tmp_path, capsys):
     bench = load_benchmark(name)
     assert bench.main(["--data", str(tmp_path / "nothing")]) == 1
@@ -102,3 +102,33 @@ def test_gates_open_finds_the_layer_that_matters(tmp_path, capsys):
     assert "not a gated model" in capsys.readouterr().err
     assert bench.main([str(path), "--images", str(tmp_path / "none")]) == 2
     assert "no PNG images" in capsys.readouterr().err
+
+
+def test_refine_measures_real_files_and_compares_eval_results(tmp_path, capsys):
+    from PIL import Image
+    from tiny_models import texture
+
+    from varicodec.imageio import to_uint8
+
+    bench = load_benchmark("refine")
+    (tmp_path / "img").mkdir()
+    Image.fromarray(to_uint8(texture(64, 64, seed=2))).save(tmp_path / "img" / "a.png")
+    out = tmp_path / "r.json"
+    assert bench.main(["--data", str(tmp_path / "img"), "--quality", "3", "--steps", "20",
+                       "--json", str(out)]) == 0
+    (s,) = json.loads(out.read_text())["summary"]
+    assert s["steps"] == 20 and s["images"] == 1 and s["cost_change_pct"] < 0
+    assert s["encode_cpu_ratio"] > 1
+    assert "| 3 | 20 | 1 |" in capsys.readouterr().out
+
+    def result(label, bpp, psnr, fp="f"):
+        rows = [{"image": "a.png", "bpp": bpp, "psnr_db": psnr, "encode_s": 1.0 if label == "p"
+                 else 9.0, "decode_s": 0.5}]
+        return {"label": label, "points": [{"lmbda": 0.013, "quality": 4.0, "fingerprint": fp,
+                                            "images": rows}]}
+
+    (c,) = bench.compare(result("p", 0.5, 30.0), result("r", 0.45, 30.5))["summary"]
+    assert c["bpp_change_pct"] == pytest.approx(-10.0) and c["psnr_change_db"] == 0.5
+    assert c["images_improved"] == 1 and c["encode_time_ratio"] == 9.0
+    with pytest.raises(ValueError, match="other weights"):
+        bench.compare(result("p", 0.5, 30.0), result("r", 0.45, 30.5, fp="g"))
