@@ -53,10 +53,13 @@ def _coded(arr: np.ndarray, model, quality: float, refine: int, options: dict) -
                      refine_options=options)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     decoded = np.asarray(decode(r.data, model).convert("RGB"))
+    # what the decoder's gates did with these latents (a gated model: g_s and h_s)
+    sparsity = model.sparsity()
     db = psnr_db(arr, decoded)
     mse = 10 ** (-db / 10)  # over a peak of 255, i.e. MSE of [0, 1] values
     return {"bpp": r.bpp, "psnr_db": db, "cost": r.bpp + r.lmbda * 255**2 * mse,
-            "lmbda": r.lmbda, "encode_s": wall, "encode_cpu_s": cpu}
+            "lmbda": r.lmbda, "encode_s": wall, "encode_cpu_s": cpu,
+            "decoder_sparsity": statistics.fmean(sparsity.values()) if sparsity else None}
 
 
 def run(images: list[Path], model, qualities: list[float], steps: list[int],
@@ -93,6 +96,10 @@ def run(images: list[Path], model, qualities: list[float], steps: list[int],
                 "encode_time_ratio": ratio["encode_s"],
                 "encode_cpu_ratio": ratio["encode_cpu_s"],
             })
+            if sel[0]["plain"]["decoder_sparsity"] is not None:
+                for k in ("plain", "refined"):
+                    summary[-1][f"decoder_sparsity_{k}"] = statistics.fmean(
+                        r[k]["decoder_sparsity"] for r in sel)
     return {"model": m.name, "threads": torch.get_num_threads(), "options": options,
             "summary": summary, "rows": rows}
 
@@ -155,12 +162,15 @@ def compare_table(result: dict) -> str:
 
 def table(result: dict) -> str:
     lines = ["| quality | steps | images | bpp change | PSNR change | J change | encode time × "
-             "(wall / CPU) |", "|---|---|---|---|---|---|---|"]
+             "(wall / CPU) | decoder sparsity (plain → refined) |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
+        sp = (f"{s['decoder_sparsity_plain']:.3f} → {s['decoder_sparsity_refined']:.3f}"
+              if "decoder_sparsity_plain" in s else "n/a")
         lines.append(f"| {s['quality']:g} | {s['steps']} | {s['images']} | "
                      f"{s['bpp_change_pct']:+.1f} % | {s['psnr_change_db']:+.2f} dB | "
                      f"{s['cost_change_pct']:+.1f} % | {s['encode_time_ratio']:.0f} / "
-                     f"{s['encode_cpu_ratio']:.0f} |")
+                     f"{s['encode_cpu_ratio']:.0f} | {sp} |")
     return "\n".join(lines)
 
 

@@ -118,7 +118,7 @@ def test_refine_measures_real_files_and_compares_eval_results(tmp_path, capsys):
                        "--json", str(out)]) == 0
     (s,) = json.loads(out.read_text())["summary"]
     assert s["steps"] == 20 and s["images"] == 1 and s["cost_change_pct"] < 0
-    assert s["encode_cpu_ratio"] > 1
+    assert s["encode_cpu_ratio"] > 1 and 0 < s["decoder_sparsity_refined"] < 1
     assert "| 3 | 20 | 1 |" in capsys.readouterr().out
 
     def result(label, bpp, psnr, fp="f"):
