@@ -130,5 +130,6 @@ def test_refine_measures_real_files_and_compares_eval_results(tmp_path, capsys):
     (c,) = bench.compare(result("p", 0.5, 30.0), result("r", 0.45, 30.5))["summary"]
     assert c["bpp_change_pct"] == pytest.approx(-10.0) and c["psnr_change_db"] == 0.5
     assert c["images_improved"] == 1 and c["encode_time_ratio"] == 9.0
+    assert "decode_time_ratio" in s
     with pytest.raises(ValueError, match="other weights"):
         bench.compare(result("p", 0.5, 30.0), result("r", 0.45, 30.5, fp="g"))
