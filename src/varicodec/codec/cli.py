@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "bounded memory; 0: never; auto (default): 992 above 4 megapixels")
     enc.add_argument("--refine", type=int, default=0, metavar="STEPS",
                      help="slower, smaller files: tune this image's latents for STEPS "
-                     "gradient steps before coding (e.g. 100, about 1-2 s per step for a "
+                     "gradient steps before coding (e.g. 50; about 0.8 s per step for a "
                      "Kodak image on 2 cores; not with --bpp/--psnr or joint models); the "
                      "decoder is unchanged (default 0: off)")
     enc.add_argument("--strict", action="store_true",
