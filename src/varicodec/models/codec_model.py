@@ -1222,7 +1222,9 @@ class _ChannelsLastConv:
 
 
 class _CachedLatent(nn.Module):
-    """Stands in for ``g_a`` while :meth:`VaricodecModel.cached_analysis` is active."""
+    """Stands in for a transform and returns ``post(y)``, whatever its input: ``g_a``
+    while :meth:`VaricodecModel.cached_analysis` is active, and ``g_a`` / ``h_a`` under
+    :func:`~varicodec.models.refine.fixed_latents`."""
 
     def __init__(self, y: Tensor, post) -> None:
         super().__init__()

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..losses import bpp_from_likelihoods
 from ..progress import progress_bar
-from .codec_model import VaricodecModel
+from .codec_model import VaricodecModel, _CachedLatent
 
 __all__ = [
     "DEFAULT_LR",
@@ -95,15 +96,8 @@ def check_steps(steps: int) -> int:
     return steps
 
 
-class _Fixed(nn.Module):
-    """Stands in for a transform and returns a fixed tensor, whatever its input."""
-
-    def __init__(self, value: Tensor) -> None:
-        super().__init__()
-        self.value = value
-
-    def forward(self, _: Tensor) -> Tensor:
-        return self.value
+def _as_is(t: Tensor) -> Tensor:
+    return t
 
 
 @contextmanager
@@ -113,7 +107,7 @@ def fixed_latents(model: VaricodecModel, y: Tensor, z: Tensor) -> Iterator[None]
     :meth:`VaricodecModel.compress` and the training pass code these latents."""
     net = model.net
     g_a, h_a = net.g_a, net.h_a
-    net.g_a, net.h_a = _Fixed(y), _Fixed(z)
+    net.g_a, net.h_a = _CachedLatent(y, _as_is), _CachedLatent(z, _as_is)
     try:
         yield
     finally:
@@ -234,9 +228,9 @@ def refine_latents(model: VaricodecModel, x: Tensor, lmbda: float, steps: int, *
                 with _relaxed_rounding(model, state), fixed_latents(model, y, z), \
                         model._at(lm):
                     out = model.net(x)
-                bits = sum((-torch.log2(p)).sum() for p in out["likelihoods"].values())
+                bpp = bpp_from_likelihoods(out["likelihoods"], h * w)[0]
                 mse = ((out["x_hat"][..., :h, :w].clamp(0, 1) - target) ** 2).mean()
-                cost = bits / (h * w) + float(lmbda) * 255**2 * mse
+                cost = bpp + float(lmbda) * 255**2 * mse
                 gy, gz = torch.autograd.grad(cost, [y, z])
                 y.grad, z.grad = gy, gz
                 opt.step()
@@ -246,7 +240,7 @@ def refine_latents(model: VaricodecModel, x: Tensor, lmbda: float, steps: int, *
         finally:
             bar.close()
             model.train(was_training)
-    if costs and not all(math.isfinite(c) for c in costs[-1:]):
+    if costs and not math.isfinite(costs[-1]):
         raise ValueError("latent refinement diverged (non-finite cost); try fewer steps")
     return Refinement(y=y.detach(), z=z.detach(), steps=steps,
                       cost_start=costs[0] if costs else math.nan,
