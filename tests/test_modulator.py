@@ -25,6 +25,7 @@ def test_lambda_code_roundtrip_and_range():
     r = LmbdaRange(0.0018, 0.18)
     for lm in (0.0018, 0.0123, 0.18):
         assert r.decode(r.encode(lm)) == pytest.approx(lm, rel=1e-4)
+        assert r.coded(lm) == r.decode(r.encode(lm))
     with pytest.raises(ValueError, match="outside this model's trained range"):
         r.encode(0.5)
     with pytest.raises(ValueError, match="outside"):

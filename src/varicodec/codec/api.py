@@ -180,7 +180,7 @@ class _Coder:
     def _refined(self, lmbda: float | None) -> dict:
         """``compress`` with latents refined for this image (:mod:`varicodec.models.refine`)."""
         m = self.model
-        used = m.lmbda if lmbda is None else m.lmbda_range.decode(m.lmbda_range.encode(lmbda))
+        used = m.lmbda if lmbda is None else m.lmbda_range.coded(lmbda)
         r = refine_latents(m, self.x, used, self.refine, progress=self.progress,
                            size=(self.src.height, self.src.width), **self.refine_options)
         with fixed_latents(m, r.y, r.z):

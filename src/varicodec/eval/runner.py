@@ -367,7 +367,7 @@ def _model_passes(model: VaricodecModel, rgb: np.ndarray, lmbda: float | None,
     x = pad_to_multiple(to_tensor(rgb), model.downsampling_factor)
     lmbda_used = lmbda
     if lmbda is not None and model.lmbda_range is not None:  # the λ a file can carry
-        lmbda_used = model.lmbda_range.decode(model.lmbda_range.encode(lmbda))
+        lmbda_used = model.lmbda_range.coded(lmbda)
     if flops:
         t0 = time.perf_counter()
         enc, out["encoder_flops"] = count_flops(model.compress, x, lmbda)

@@ -62,6 +62,10 @@ class LmbdaRange:
             raise ValueError(f"lambda code {code} out of range 0..{self.CODE_MAX}")
         return math.exp(self._lo + self._span * int(code) / self.CODE_MAX)
 
+    def coded(self, lmbda: float) -> float:
+        """The λ a file carries when asked for ``lmbda``: its code, decoded."""
+        return self.decode(self.encode(lmbda))
+
 
 class BitrateModulator(nn.Module):
     """``m(λ) = exp(W₂ relu(W₁ u + b₁) + b₂)``, one positive gain per channel.
