@@ -4,7 +4,9 @@
 process; its peak resident set (``ru_maxrss`` from ``wait4``) and wall time are
 reported, with MiB per megapixel. Test pictures are built once in a scratch
 folder (never in the repository): Kodak images mirrored side by side up to
-the size (a synthetic picture when Kodak is absent), saved as PNG.
+the size (a synthetic picture when Kodak is absent), saved as PNG. With
+``--refine STEPS`` each picture is also encoded with ``encode --refine STEPS``
+(latent refinement, ``varicodec.models.refine``): the extra memory of the steps.
 
 **Seams.** Tiles are coded independently (``varicodec.codec.tiles``); what
 could show is a seam at tile borders. On Kodak images coded with small tiles
@@ -17,6 +19,7 @@ the baseline).
     nice python benchmarks/memory.py                                  # all of it
     python benchmarks/memory.py --sizes 1 12 --no-seams --json mem.json
     python benchmarks/memory.py --no-memory --seam-images 24 --margins 0 16 32
+    python benchmarks/memory.py --sizes 1 12 --refine 2 --no-seams --json mem-refine.json
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def _run(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def memory(sizes: list[int], untiled: list[int], threads: int | None) -> list[dict]:
+def memory(sizes: list[int], untiled: list[int], threads: int | None,
+           refine: int = 0) -> list[dict]:
     rows = []
     env_py = [sys.executable, "-m", "varicodec"]
     if threads:
@@ -106,6 +110,13 @@ def memory(sizes: list[int], untiled: list[int], threads: int | None) -> list[di
                        "decode_s": dec_s, "decode_rss_mib": dec_rss,
                        "encode_mib_per_mp": (enc_rss - base) / mpx,
                        "decode_mib_per_mp": (dec_rss - base) / mpx}
+                if refine:
+                    ref_s, ref_rss = _run(env_py + ["encode", str(src), "-o", str(vcd), "-f",
+                                                    "--tile", tile, "--refine", str(refine)])
+                    row.update({"refine_steps": refine, "refine_encode_s": ref_s,
+                                "refine_encode_rss_mib": ref_rss,
+                                "refine_encode_mib_per_mp": (ref_rss - base) / mpx,
+                                "refine_bpp": vcd.stat().st_size * 8 / (w * h)})
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -170,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="sizes also coded in one piece (--tile 0) and in default tiles "
                     "(--tile 992); one piece takes ~0.5 GiB per megapixel")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the children")
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="also encode each picture with --refine STEPS (its peak RSS and time)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-seams", action="store_true")
     ap.add_argument("--seam-images", type=int, default=8)
@@ -181,17 +194,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result: dict = {"load_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     if not args.no_memory:
-        result["memory"] = memory(args.sizes, args.untiled, args.threads)
+        result["memory"] = memory(args.sizes, args.untiled, args.threads, args.refine)
+        ref_head = (f" --refine {args.refine}: encode peak RSS MiB (MiB/MP) | encode s | bpp |"
+                    if args.refine else "")
         print("| image | tile | encode peak RSS MiB (MiB/MP) | decode peak RSS MiB (MiB/MP) "
-              "| encode s | decode s | bpp |\n|---|---|---|---|---|---|---|")
+              f"| encode s | decode s | bpp |{ref_head}\n|---|---|---|---|---|---|---|"
+              + ("---|---|---|" if args.refine else ""))
         for r in result["memory"]:
             if "size" not in r:
                 print(f"| {r['case']} | | {r['rss_mib']:.0f} | | | | |")
                 continue
+            ref = (f" {r['refine_encode_rss_mib']:.0f} ({r['refine_encode_mib_per_mp']:.0f}) | "
+                   f"{r['refine_encode_s']:.1f} | {r['refine_bpp']:.3f} |"
+                   if "refine_steps" in r else "")
             print(f"| {r['size']} ({r['megapixels']} MP) | {r['tile']} | "
                   f"{r['encode_rss_mib']:.0f} ({r['encode_mib_per_mp']:.0f}) | "
                   f"{r['decode_rss_mib']:.0f} ({r['decode_mib_per_mp']:.0f}) | "
-                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['bpp']:.3f} |")
+                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['bpp']:.3f} |{ref}")
     if not args.no_seams:
         result["seams"] = []
         print(f"\nseams: {args.seam_images} Kodak images, {args.seam_tile}-px tiles, "

@@ -161,7 +161,7 @@ def compare_table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
         lines.append(
-            f"| {s['quality']:g} | {s['images']} | {s['plain_bpp']:.3f} / "
+            f"| {round(s['quality'], 2):g} | {s['images']} | {s['plain_bpp']:.3f} / "
             f"{s['plain_psnr_db']:.2f} | {s['refined_bpp']:.3f} / {s['refined_psnr_db']:.2f} | "
             f"{s['bpp_change_pct']:+.1f} % | {s['psnr_change_db']:+.2f} dB | "
             f"{s['cost_change_pct']:+.1f} % | {s['images_improved']} | "

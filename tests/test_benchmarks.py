@@ -133,3 +133,14 @@ def test_refine_measures_real_files_and_compares_eval_results(tmp_path, capsys):
     assert "decode_time_ratio" in s
     with pytest.raises(ValueError, match="other weights"):
         bench.compare(result("p", 0.5, 30.0), result("r", 0.45, 30.5, fp="g"))
+
+
+def test_memory_measures_the_refining_encoder_in_its_own_process(monkeypatch):
+    """``memory.py --refine`` runs a third child per picture, ``encode --refine``, and
+    reports its peak RSS and the file it wrote."""
+    bench = load_benchmark("memory")
+    monkeypatch.setitem(bench.SHAPES, 1, (64, 48))
+    base, row = bench.memory([1], [], threads=None, refine=1)
+    assert row["refine_steps"] == 1 and row["size"] == "64x48"
+    assert row["refine_encode_rss_mib"] > base["rss_mib"] and row["refine_bpp"] > 0
+    assert row["refine_encode_s"] > 0 and row["encode_rss_mib"] > 0

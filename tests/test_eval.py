@@ -360,3 +360,37 @@ def test_merge_joins_the_parts_of_a_fixed_rate_set(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert main(["merge", str(a), str(b), "-o", str(a), "--force"]) != 0
     assert "refusing to overwrite the input" in capsys.readouterr().err
+
+
+def _model_part(path, qualities, fingerprint="ab12"):
+    """A variable-rate model's evaluation at some qualities, written to ``path``."""
+    path = _part(path, qualities, name="hyperprior-ecgbm")
+    res = json.loads(path.read_text())
+    res["model"].update(variable_rate=True, models=1, files=["m.safetensors"],
+                        bytes_on_disk=900)
+    for p in res["points"]:
+        p["fingerprint"] = fingerprint
+    path.write_text(json.dumps(res))
+    return path
+
+
+def test_merge_joins_a_variable_rate_models_parts_if_the_weights_are_one(tmp_path, capsys):
+    a = _model_part(tmp_path / "a.json", [1, 3, 5, 8])
+    b = _model_part(tmp_path / "b.json", [2, 4, 6, 7])
+    out = tmp_path / "all.json"
+    assert main(["merge", str(a), str(b), "-o", str(out)]) == 0
+    merged = load_results(out)
+    assert [p["quality"] for p in merged["points"]] == list(range(1, 9))
+    # one model, not two: the storage a table reports is the one file's
+    assert merged["model"]["models"] == 1 and merged["model"]["bytes_on_disk"] == 900
+    assert merged["model"]["files"] == ["m.safetensors"]
+    bad = tmp_path / "bad.json"
+    for args, message in [
+        ([a, _model_part(tmp_path / "c.json", [2], fingerprint="cd34")], "other weights"),
+        ([a, _part(tmp_path / "d.json", [2], name="hyperprior-ecgbm")],
+         "a fixed-rate set, not a variable-rate model"),
+        ([_part(tmp_path / "e.json", [2], name="hyperprior-ecgbm"), a],
+         "a variable-rate model, not a fixed-rate set"),
+    ]:
+        assert main(["merge", *map(str, args), "-o", str(bad)]) != 0
+        assert message in capsys.readouterr().err and not bad.exists()

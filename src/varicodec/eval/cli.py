@@ -95,10 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_table)
 
     p = subparsers.add_parser(
-        "merge", help="join the evaluations of one fixed-rate set's parts into one curve",
-        description="Join results files of one fixed-rate set evaluated in parts (e.g. "
-                    "qualities 1-5 and 6-8) into one results file: one curve for `table` "
-                    "and `plot`, with the set's files and bytes added up.",
+        "merge", help="join the evaluations of one model's (or fixed-rate set's) parts",
+        description="Join results files of one fixed-rate set, or one variable-rate model, "
+                    "evaluated in parts (e.g. qualities 1-5 and 6-8) into one results file: "
+                    "one curve for `table` and `plot`; a set's files and bytes are added up, "
+                    "a variable-rate model's parts must be the same weights.",
     )
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("-o", "--output", required=True, help="results JSON file to write")

@@ -180,12 +180,14 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def merge_results(results: Sequence[dict[str, Any]], label: str | None = None) -> dict[str, Any]:
-    """One fixed-rate set from the evaluations of its parts (e.g. qualities 1–5 and 6–8,
-    evaluated separately): the points of all, in rate order, and a model block whose
-    ``files``, ``models`` and ``bytes_on_disk`` add up. The parts must be evaluations of
-    fixed-rate models of one registry name (architecture and variant) on the same images
-    with the same options, and no λ may come twice; ``ValueError`` says which part breaks
-    that. ``merged_from`` lists the parts' files and labels."""
+    """One curve from the evaluations of its parts (e.g. qualities 1–5 and 6–8, evaluated
+    separately): the points of all, in λ order. For a fixed-rate set the model block's
+    ``files``, ``models`` and ``bytes_on_disk`` add up; a variable-rate model's parts must
+    be one set of weights (the same fingerprint at every point), and its model block stays
+    one model. The parts must be evaluations of models of one registry name (architecture
+    and variant) on the same images with the same options, all fixed-rate or all
+    variable-rate, and no λ may come twice; ``ValueError`` says which part breaks that.
+    ``merged_from`` lists the parts' files and labels."""
     if len(results) < 2:
         raise ValueError("merge needs at least two results files")
 
@@ -193,11 +195,15 @@ def merge_results(results: Sequence[dict[str, Any]], label: str | None = None) -
         return r.get("_path") or r.get("label") or "a results file"
 
     first = results[0]
+    variable = bool((first.get("model") or {}).get("variable_rate"))
     for r in results:
         model = r.get("model") or {}
-        if r.get("kind") != "model" or model.get("variable_rate"):
-            what = "a variable-rate model" if model.get("variable_rate") else r.get("kind")
-            raise ValueError(f"{where(r)}: merge joins fixed-rate sets; this is {what}")
+        if r.get("kind") != "model":
+            raise ValueError(f"{where(r)}: merge joins model evaluations; this is {r.get('kind')}")
+        if bool(model.get("variable_rate")) != variable:
+            kinds = ("a fixed-rate set", "a variable-rate model")
+            raise ValueError(f"{where(r)}: {kinds[not variable]}, not "
+                             f"{kinds[variable]} like {where(first)}")
         if model.get("name") != first["model"].get("name"):
             raise ValueError(f"{where(r)}: model {model.get('name')}, not "
                              f"{first['model'].get('name')} like {where(first)}")
@@ -210,11 +216,21 @@ def merge_results(results: Sequence[dict[str, Any]], label: str | None = None) -
     if twice:
         raise ValueError(f"λ {', '.join(f'{lm:g}' for lm in twice)} comes in more than one part")
     models = [r["model"] for r in results]
-    sizes = [m.get("bytes_on_disk") for m in models]
-    info = {**models[0],
-            "files": [f for m in models for f in m.get("files") or []],
-            "models": sum(int(m.get("models") or 1) for m in models),
-            "bytes_on_disk": sum(sizes) if all(sizes) else None}
+    if variable:
+        prints = {p.get("fingerprint") for p in first["points"]}
+        for r in results:
+            other = {p.get("fingerprint") for p in r["points"]}
+            if None in other or len(other | prints) > 1:
+                raise ValueError(f"{where(r)}: other weights than {where(first)} (fingerprint "
+                                 f"{', '.join(sorted(map(str, other)))}, not "
+                                 f"{', '.join(sorted(map(str, prints)))})")
+        info = dict(models[0])
+    else:
+        sizes = [m.get("bytes_on_disk") for m in models]
+        info = {**models[0],
+                "files": [f for m in models for f in m.get("files") or []],
+                "models": sum(int(m.get("models") or 1) for m in models),
+                "bytes_on_disk": sum(sizes) if all(sizes) else None}
     merged = {k: v for k, v in first.items() if k != "_path"}
     merged.update(label=label or first.get("label"), model=info,
                   points=sorted((p for r in results for p in r["points"]),
