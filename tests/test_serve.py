@@ -263,9 +263,59 @@ def test_gating_report_dense_cache(model):
 def test_target_parsing():
     assert Target.parse("jpeg", "49.6") == Target("jpeg", 50)
     assert Target.parse("quality", 1).label() == "our quality 1"
+    assert Target.parse("quality", 4, "50") == Target("quality", 4.0, 50)
+    assert Target.parse("quality", 4, "50").label() == "our quality 4, refined (50 steps)"
     for kind, value in (("bpp", "nan"), ("bpp", "abc"), ("jpeg", "0"), ("quality", "inf")):
         with pytest.raises(ValueError):
             Target.parse(kind, value)
+    for kind, refine, message in (("bpp", "50", "quality target"), ("jpeg", "5", "quality"),
+                                  ("quality", "201", "0..200"), ("quality", "-1", "0..200"),
+                                  ("quality", "2.5", "whole number")):
+        with pytest.raises(ValueError, match=message):
+            Target.parse(kind, "1" if kind != "jpeg" else "50", refine)
+
+
+def test_refined_comparison_codes_a_refined_file(client, model):
+    """``refine`` in the form: our file is refined (the setting says so, progress moves
+    through the steps) and decodes with the plain decoder; the others match its size."""
+    from varicodec.codec import decode, encode_image
+    from varicodec.serve.compare import compare
+
+    rgb = picture()
+    seen: list[tuple[float, str]] = []
+    c = compare(rgb, model, Target("quality", 4, 3), gating=False,
+                progress=lambda f, m: seen.append((f, m)))
+    ours = c.panels[0]
+    assert ours.setting.endswith("refined (3 steps)")
+    assert [m for _, m in seen if "step" in m][-1].endswith("step 3 of 3")
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+    refined = encode_image(rgb, model, quality=4, refine=3, compute_psnr=False).data
+    assert ours.data == refined != encode_image(rgb, model, quality=4, compute_psnr=False).data
+    assert np.array_equal(np.asarray(decode(ours.data, model).convert("RGB")), ours.decoded)
+    assert c.target_bytes == ours.bytes
+    # through the server: the summary names the steps; a bpp target with steps is refused
+    info = client.get("/api/info").json()["model"]["refine"]
+    assert info == {"available": True, "problem": None, "max_steps": 200}
+    r = client.post("/api/compare", files={"file": ("a.png", png(rgb), "image/png")},
+                    data={"target": "quality", "value": "4", "refine": "3"})
+    s = wait(client, r.json()["job"])
+    assert s["state"] == "done", s["error"]
+    assert s["result"]["target"]["refine"] == 3
+    assert s["result"]["panels"][0]["bytes"] == len(refined)
+    r = client.post("/api/compare", files={"file": ("a.png", png(rgb), "image/png")},
+                    data={"target": "bpp", "value": "1", "refine": "3"})
+    assert r.status_code == 400 and "quality target" in r.json()["error"]
+
+
+def test_refine_is_refused_for_the_joint_model():
+    joint = load_benchmark("fuzz_format").tiny_model("joint-bm", 0)
+    app = create_app(joint, max_upload_bytes=200_000, max_pixels=100_000, threads=1)
+    with TestClient(app, base_url=BASE) as c:
+        info = c.get("/api/info").json()["model"]["refine"]
+        assert not info["available"] and "autoregressive" in info["problem"]
+        r = c.post("/api/compare", files={"file": ("a.png", png(picture()), "image/png")},
+                   data={"target": "quality", "value": "4", "refine": "3"})
+        assert r.status_code == 400 and "does not support" in r.json()["error"]
 
 
 def test_job_store_is_bounded():

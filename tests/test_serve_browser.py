@@ -157,6 +157,16 @@ def test_page_compares_an_upload(browser, tmp_path):
         assert jpeg.text == "quality 50"
         assert "the size of JPEG at quality 50" in browser.find_element(By.ID, "summary").text
 
+        # our quality with refined latents: the box is there for this model, the file says so
+        browser.find_element(By.CSS_SELECTOR, "input[name=target][value=quality]+span").click()
+        browser.find_element(By.ID, "refine").click()
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 300).until(
+            lambda d: d.execute_script("return document.body.dataset.state") == "done"
+            and "refined" in d.find_element(By.ID, "summary").text)
+        ours = browser.find_element(By.CSS_SELECTOR, ".panel[data-codec=ours] .setting")
+        assert ours.text.endswith("refined (50 steps)")
+
         bad = tmp_path / "notes.png"
         bad.write_text("not a picture")
         browser.find_element(By.ID, "file").send_keys(str(bad))

@@ -30,7 +30,7 @@ subtracts, so the cost the steps would minimise is not the file's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -193,14 +193,16 @@ def _initial_latents(model: VaricodecModel, x: Tensor, lm: Tensor | None
 
 def refine_latents(model: VaricodecModel, x: Tensor, lmbda: float, steps: int, *,
                    size: tuple[int, int] | None = None, lr: float = DEFAULT_LR,
-                   seed: int = 0, rounding: str = "sga", progress: bool = False
-                   ) -> Refinement:
+                   seed: int = 0, rounding: str = "sga", progress: bool = False,
+                   on_step: Callable[[int, float], None] | None = None) -> Refinement:
     """Refine the latents of one image ``x`` (1×3×H×W in [0, 1], padded to the model's
     multiple) for ``steps`` Adam steps on ``bpp + λ·255²·MSE`` at ``lmbda`` (the λ
     the file will carry). ``size``: the image's height and width before padding
     (rate and distortion count those pixels only). ``seed`` fixes the Gumbel noise,
     so one machine at one thread count refines the same image to the same latents.
     ``rounding``: ``"sga"`` (the default) or ``"ste"`` (straight-through; for comparison).
+    ``on_step(step, cost)``, if given, is called after each step (1-based), e.g. to
+    report progress.
     """
     check_refinable(model)
     check_steps(steps)
@@ -237,6 +239,8 @@ def refine_latents(model: VaricodecModel, x: Tensor, lmbda: float, steps: int, *
                 costs.append(float(cost.detach()))
                 bar.update(1)
                 bar.set_postfix(cost=f"{costs[-1]:.4f}")
+                if on_step is not None:
+                    on_step(i + 1, costs[-1])
         finally:
             bar.close()
             model.train(was_training)

@@ -7,7 +7,8 @@ GET      ``/``                             the page (``static/index.html``)
 GET      ``/static/…``                     its CSS and JavaScript (no CDN, no build step)
 GET      ``/api/info``                     model, limits, codecs, samples
 POST     ``/api/compare``                  multipart: ``file`` or ``sample``, ``target``
-                                           (quality | bpp | jpeg), ``value`` → 202 + job id
+                                           (quality | bpp | jpeg), ``value``, optional
+                                           ``refine`` (steps, quality only) → 202 + job id
 GET      ``/api/jobs/{id}``                state, progress, message, result (JSON)
 GET      ``/api/jobs/{id}/files/{name}``   ``original.png``, ``<codec>.png`` (decoded),
                                            ``ours.vcd``, ``jpeg.jpg``, … (``?download=1``)
@@ -50,7 +51,7 @@ from ..codec import resolve_model
 from ..codec.pretrained import ModelSpec
 from ..errors import VaricodecError
 from ..imageio import MAX_PIXELS, open_image
-from .compare import CLASSICAL, Target
+from .compare import CLASSICAL, MAX_REFINE_STEPS, Target
 from .jobs import Busy, JobStore, Worker
 from .samples import SAMPLES, load_sample
 
@@ -170,6 +171,13 @@ def create_app(model: ModelSpec = None, *, max_upload_bytes: int = DEFAULT_MAX_U
     m = resolve_model(model)
     worker = Worker(m, threads=threads, max_waiting=max_waiting,
                     store=JobStore(max_jobs=max_jobs))
+    from ..models.refine import check_refinable
+
+    try:
+        check_refinable(m)
+        not_refinable = None
+    except ValueError as e:
+        not_refinable = str(e)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -185,7 +193,9 @@ def create_app(model: ModelSpec = None, *, max_upload_bytes: int = DEFAULT_MAX_U
             "model": {"name": m.name, "gated": bool(m.gated),
                       "variable_rate": bool(m.variable_rate),
                       "lmbda_range": None if r is None else [r.min, r.max],
-                      "source": getattr(m, "source", None)},
+                      "source": getattr(m, "source", None),
+                      "refine": {"available": not_refinable is None, "problem": not_refinable,
+                                 "max_steps": MAX_REFINE_STEPS}},
             "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels},
             "codecs": codecs, "samples": SAMPLES,
         })
@@ -194,7 +204,10 @@ def create_app(model: ModelSpec = None, *, max_upload_bytes: int = DEFAULT_MAX_U
         try:
             async with request.form(max_files=1, max_fields=8) as form:
                 target = Target.parse(str(form.get("target") or "quality"),
-                                      str(form.get("value") or "5"))
+                                      str(form.get("value") or "5"),
+                                      str(form.get("refine") or "0"))
+                if target.refine and not_refinable:
+                    return _error(400, not_refinable)
                 upload, sample = form.get("file"), form.get("sample")
                 if isinstance(upload, UploadFile) and (upload.filename or upload.size):
                     name = upload.filename or "upload"

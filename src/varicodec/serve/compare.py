@@ -38,6 +38,10 @@ CLASSICAL = {"jpeg": ("JPEG", 1, 95), "webp": ("WebP", 0, 100), "avif": ("AVIF",
 #: image would need the memory that tiling exists to avoid)
 GATING_MAX_PIXELS = 4 << 20
 
+#: the most latent-refinement steps a comparison may ask for (about 0.8 s each per
+#: 0.4 MP on 2 cores; the command line allows more)
+MAX_REFINE_STEPS = 200
+
 Progress = Callable[[float, str], None]
 
 
@@ -48,14 +52,25 @@ def _no_progress(fraction: float, message: str) -> None:
 @dataclass(frozen=True)
 class Target:
     """What the comparison aims at: ``kind`` ``quality`` (1..8), ``bpp`` (> 0, ≤ 24)
-    or ``jpeg`` (JPEG quality 1..95, whose file size everyone matches)."""
+    or ``jpeg`` (JPEG quality 1..95, whose file size everyone matches). ``refine``:
+    latent-refinement steps for our encoder (:mod:`varicodec.models.refine`; quality
+    target only, as on the command line: refinement codes at one λ)."""
 
     kind: str
     value: float
+    refine: int = 0
 
     @classmethod
-    def parse(cls, kind: str, value: str | float) -> Target:
+    def parse(cls, kind: str, value: str | float, refine: str | int = 0) -> Target:
         """Validate a target from a form; ``ValueError`` with a one-line reason."""
+        try:
+            steps = int(str(refine).strip() or 0)
+        except ValueError:
+            raise ValueError(f"refinement steps must be a whole number, got {refine!r}") from None
+        if not 0 <= steps <= MAX_REFINE_STEPS:
+            raise ValueError(f"refinement steps must be in 0..{MAX_REFINE_STEPS}, got {steps}")
+        if steps and kind != "quality":
+            raise ValueError("refinement codes at one λ: use it with the quality target")
         ranges = {"quality": (1.0, 8.0), "bpp": (0.0, 24.0), "jpeg": (1.0, 95.0)}
         if kind not in ranges:
             raise ValueError(f"unknown target {kind!r}; choose quality, bpp or jpeg")
@@ -67,11 +82,12 @@ class Target:
         if not math.isfinite(v) or not (lo < v <= hi if kind == "bpp" else lo <= v <= hi):
             what = "above 0 and at most 24" if kind == "bpp" else f"between {lo:g} and {hi:g}"
             raise ValueError(f"the {kind} target must be {what}, got {value}")
-        return cls(kind, round(v) if kind == "jpeg" else v)
+        return cls(kind, round(v) if kind == "jpeg" else v, steps)
 
     def label(self) -> str:
-        return {"quality": f"our quality {self.value:g}", "bpp": f"{self.value:g} bpp",
+        text = {"quality": f"our quality {self.value:g}", "bpp": f"{self.value:g} bpp",
                 "jpeg": f"the size of JPEG at quality {self.value:g}"}[self.kind]
+        return text + (f", refined ({self.refine} steps)" if self.refine else "")
 
 
 @dataclass
@@ -131,7 +147,8 @@ class Comparison:
         return {
             "image": {"width": self.width, "height": self.height},
             "target": {"kind": self.target.kind, "value": self.target.value,
-                       "label": self.target.label(), "bytes": self.target_bytes},
+                       "refine": self.target.refine, "label": self.target.label(),
+                       "bytes": self.target_bytes},
             "panels": [p.summary() for p in self.panels], "notes": self.notes,
             "model": self.model, "lmbda": self.lmbda, "rate_control": self.rate_control,
             "seconds": self.seconds, "gating": self.gating,
@@ -239,8 +256,17 @@ def compare(rgb: np.ndarray, model, target: Target, *, codecs: tuple[str, ...] =
                      "and the other codecs match its size")
         kw = {}
 
+    if target.refine:
+        steps = target.refine
+
+        def on_step(i: int, cost: float) -> None:
+            step(f"{model.name}: refining the latents, step {i} of {steps}", 0.95 * i / steps)
+
+        kw.update(refine=steps, refine_options={"on_step": on_step})
+
     # ours: rate control (if any) finds λ; then one timed encode at that λ
-    step(f"{model.name}: encoding" + (" (rate control)" if "bpp" in kw else ""))
+    step(f"{model.name}: " + ("refining the latents" if target.refine else "encoding")
+         + (" (rate control)" if "bpp" in kw else ""))
     first = encode_image(rgb, model, compute_psnr=False, **kw)
     rc = first.rate_control
     if rc is not None:
@@ -259,6 +285,8 @@ def compare(rgb: np.ndarray, model, target: Target, *, codecs: tuple[str, ...] =
     setting = f"λ {result.lmbda:.4g}"
     if model.variable_rate:
         setting = f"quality {lmbda_to_quality(result.lmbda):.2f}, " + setting
+    if target.refine:
+        setting += f", refined ({target.refine} steps)"
     note = None
     if rc is not None:
         note = (f"rate control: {rc.iterations} trials in {rc.seconds:.2f} s, "

@@ -55,6 +55,7 @@ async function init() {
     b.addEventListener("click", () => choose({ sample: name, label: desc.split(",")[0] }));
     $("sample-buttons").append(b, " ");
   }
+  if (m.refine && m.refine.available) $("refine-row").hidden = false;
   if (!m.variable_rate) {
     document.querySelector(".target").append(el("div", { class: "hint",
       text: "This model is fixed-rate: it codes at its one λ whatever the target; the other codecs match its size." }));
@@ -64,7 +65,8 @@ async function init() {
 
 function target() {
   const kind = document.querySelector("input[name=target]:checked").value;
-  return { kind, value: $(kind).value };
+  const refine = kind === "quality" && !$("refine-row").hidden && $("refine").checked ? 50 : 0;
+  return { kind, value: $(kind).value, refine };
 }
 
 for (const r of document.querySelectorAll("input[name=target]")) {
@@ -120,6 +122,7 @@ async function run() {
   else form.append("sample", src.sample);
   form.append("target", t.kind);
   form.append("value", t.value);
+  if (t.refine) form.append("refine", String(t.refine));
   $("go").disabled = true;
   setProgress(0, `Uploading ${src.label}…`);
   $("progress").hidden = false;
