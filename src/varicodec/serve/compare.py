@@ -69,11 +69,11 @@ class Target:
             raise ValueError(f"refinement steps must be a whole number, got {refine!r}") from None
         if not 0 <= steps <= MAX_REFINE_STEPS:
             raise ValueError(f"refinement steps must be in 0..{MAX_REFINE_STEPS}, got {steps}")
-        if steps and kind != "quality":
-            raise ValueError("refinement codes at one λ: use it with the quality target")
         ranges = {"quality": (1.0, 8.0), "bpp": (0.0, 24.0), "jpeg": (1.0, 95.0)}
         if kind not in ranges:
             raise ValueError(f"unknown target {kind!r}; choose quality, bpp or jpeg")
+        if steps and kind != "quality":
+            raise ValueError("refinement codes at one λ: use it with the quality target")
         try:
             v = float(value)
         except (TypeError, ValueError):
