@@ -397,7 +397,9 @@ def cmd_matrix(a: argparse.Namespace) -> None:
         "unguarded_desync_files": sorted({f"{r['file']} by {r['decoder']}" for r in unguarded
                                           if r["status"] != "ok"}),
     }
-    _emit({"isas": isas, "local_configs": LOCAL, "summary": summary, "rows": rows}, a.output)
+    m = _model(a.model)
+    _emit({"model": m.name, "fingerprint": _fingerprint(m), "isas": isas,
+           "local_configs": LOCAL, "summary": summary, "rows": rows}, a.output)
 
 
 # --------------------------------------------------------------------- noise
