@@ -110,8 +110,11 @@ def test_ctrl_c_in_a_real_process(tmp_path, delay_s):
     from varicodec.demo import synthetic_image
 
     Image.fromarray(synthetic_image(512, 384)).save(tmp_path / "a.png")
+    # A suite started in the background (`cmd &` from a script) inherits SIGINT ignored,
+    # and Python then installs no handler: restore the default so the child gets it.
     p = subprocess.Popen([sys.executable, "-m", "varicodec", "encode", str(tmp_path / "a.png")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay_s)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
