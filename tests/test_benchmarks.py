@@ -144,3 +144,23 @@ def test_memory_measures_the_refining_encoder_in_its_own_process(monkeypatch):
     assert row["refine_steps"] == 1 and row["size"] == "64x48"
     assert row["refine_encode_rss_mib"] > base["rss_mib"] and row["refine_bpp"] > 0
     assert row["refine_encode_s"] > 0 and row["encode_rss_mib"] > 0
+
+
+def test_guard_profile_profiles_both_decodes(tmp_path, capsys):
+    """guard_profile decodes a guarded and an unguarded file of the same image and prints
+    a profile of each; a missing image is a one-line exit that measures nothing."""
+    from conftest import tiny, write_images
+
+    from varicodec.models import save_model
+
+    bench = load_benchmark("guard_profile")
+    weights = tmp_path / "m.safetensors"
+    save_model(tiny("joint-ecgbm").eval(), weights)
+    with pytest.raises(SystemExit, match="nothing measured"):
+        bench.main(["--model", str(weights), "--image", str(tmp_path / "none.png")])
+    image = next(write_images(tmp_path / "img", 1, (64, 64), 8).iterdir())
+    bench.main(["--model", str(weights), "--image", str(image), "--threads", "1",
+                "--repeats", "1", "--passes", "1", "--top", "5"])
+    out = capsys.readouterr().out
+    assert out.count(" s per decode") == 2 and "guard:" in out and "none:" in out
+    assert out.count("ncalls") == 2
