@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # portability.py
+
 import torch
 
 
@@ -33,34 +35,20 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(a.image).is_file():
         sys.exit(f"image {a.image} not found; nothing measured")
 
-    from varicodec.codec.api import _guarded, _z_shape, encode_image
-    from varicodec.codec.format import Container
-    from varicodec.codec.pretrained import resolve_model
+    from portability import _guard_pair, _model
 
     torch.set_num_threads(a.threads)
-    m = resolve_model(a.model)
-    q = a.quality if m.variable_rate else None
-    c = Container.unpack(encode_image(a.image, m, quality=q, compute_psnr=False).data)
-    orig = m.compress
-    m.compress = lambda x, lmbda=None: orig(x, lmbda, index_margin=0.0)
-    try:
-        u = Container.unpack(encode_image(a.image, m, quality=q, compute_psnr=False).data)
-    finally:
-        del m.compress
-    zh, zw = _z_shape(m, c.width, c.height)
-    n_y = m.config["M"] * zh * zw * 16
-    side = [[c.side]] if m.gated else []
-    guard = [[_guarded(c.y, n_y)], [c.z], *side, [c.guard]]
-    none = [[_guarded(u.y, n_y)], [u.z], *([[u.side]] if m.gated else [])]
+    m = _model(a.model)
+    c, guard, none, shape = _guard_pair(m, Path(a.image), a.quality)
     with torch.inference_mode():
-        m.decompress(guard, (zh, zw), c.lmbda_code)  # warm-up
+        m.decompress(guard, shape, c.lmbda_code)  # warm-up
         for _ in range(a.passes):
             for name, strings in (("guard", guard), ("none", none)):
                 prof = cProfile.Profile()
                 t0 = time.perf_counter()
                 prof.enable()
                 for _ in range(a.repeats):
-                    m.decompress(strings, (zh, zw), c.lmbda_code)
+                    m.decompress(strings, shape, c.lmbda_code)
                 prof.disable()
                 print(f"{name}: {(time.perf_counter() - t0) / a.repeats:.3f} s per decode")
                 out = io.StringIO()

@@ -196,9 +196,26 @@ def _margin() -> float:
 
 
 # ---------------------------------------------------------------------- time
-def cmd_time(a: argparse.Namespace) -> None:
+def _guard_pair(m, p: Path, q: float):
+    """One image coded with its guard and without it, as decoder inputs: (the guarded
+    file's container, its strings, the unguarded strings, the z shape). The baseline is
+    what decoding did before the guard: a file coded without it (index_margin=0), no
+    guard stream, no symbol check. (A guarded file decoded without its guard stream
+    would desynchronise: not a baseline.)"""
     from varicodec.codec.api import _guarded, _z_shape, encode_image
     from varicodec.codec.format import Container
+
+    c = Container.unpack(encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data)
+    u = Container.unpack(_encode(encode_image, m, p, q, {"index_margin": 0.0}))
+    zh, zw = _z_shape(m, c.width, c.height)
+    n_y = m.config["M"] * zh * zw * 16
+    with_guard = [[_guarded(c.y, n_y)], [c.z]] + ([[c.side]] if m.gated else [])
+    with_guard += [[c.guard]]
+    base = [[_guarded(u.y, n_y)], [u.z]] + ([[u.side]] if m.gated else [])
+    return c, with_guard, base, (zh, zw)
+
+
+def cmd_time(a: argparse.Namespace) -> None:
     from varicodec.models.codec_model import (
         HASH_THRESHOLD,
         _hash_rule,
@@ -214,17 +231,7 @@ def cmd_time(a: argparse.Namespace) -> None:
     rows = []
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
-            # the baseline is what decoding did before the guard: a file coded without
-            # it (index_margin=0), no guard stream, no symbol check. (A guarded file
-            # decoded without its guard stream would desynchronise: not a baseline.)
-            c = Container.unpack(
-                encode_image(p, m, quality=_quality(m, q), compute_psnr=False).data)
-            u = Container.unpack(_encode(encode_image, m, p, q, {"index_margin": 0.0}))
-            zh, zw = _z_shape(m, c.width, c.height)
-            n_y = m.config["M"] * zh * zw * 16
-            with_guard = [[_guarded(c.y, n_y)], [c.z]] + ([[c.side]] if m.gated else [])
-            with_guard += [[c.guard]]
-            base = [[_guarded(u.y, n_y)], [u.z]] + ([[u.side]] if m.gated else [])
+            c, with_guard, base, (zh, zw) = _guard_pair(m, p, q)
             times: dict[str, list[float]] = {"guard": [], "none": []}
             with torch.inference_mode():
                 m.decompress(with_guard, (zh, zw), c.lmbda_code)  # warm-up
