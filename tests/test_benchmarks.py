@@ -164,3 +164,8 @@ def test_guard_profile_profiles_both_decodes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(" s per decode") == 2 and "guard:" in out and "none:" in out
     assert out.count("ncalls") == 2
+    bench.main(["--model", str(weights), "--image", str(image), "--threads", "1",
+                "--repeats", "1", "--passes", "1", "--inside"])
+    out = capsys.readouterr().out
+    assert "ncalls" not in out and out.count(" s per decode; guard calls ") == 2
+    assert "replayed in a loop" in out and " 0 calls" not in out.split("replayed")[1]
