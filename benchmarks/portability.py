@@ -227,6 +227,10 @@ def cmd_time(a: argparse.Namespace) -> None:
     )
 
     torch.set_num_threads(a.threads)
+    if a.retain:  # as the varicodec command does in its process
+        from varicodec.util import retain_freed_memory
+
+        retain_freed_memory()
     m = _model(a.model)
     rows = []
     for p in _images(a.images, a.names, a.limit):
@@ -264,6 +268,7 @@ def cmd_time(a: argparse.Namespace) -> None:
             print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
     ov = [r["overhead_pct"] for r in rows]
     _emit({"model": m.name, "threads": a.threads, "repeats": a.repeats,
+           "retain_freed_memory": a.retain,
            "mean_overhead_pct": float(np.mean(ov)),
            "total_overhead_pct": 100 * (sum(r["guard_s"] for r in rows)
                                         / sum(r["none_s"] for r in rows) - 1),
@@ -574,6 +579,9 @@ def main(argv: list[str] | None = None) -> None:
         if name == "time":
             p.add_argument("--threads", type=int, default=2)
             p.add_argument("--repeats", type=int, default=3)
+            p.add_argument("--retain", action="store_true",
+                           help="keep freed memory as the varicodec command does "
+                                "(util.retain_freed_memory); faster decodes")
         if name in ("matrix", "worker"):
             p.add_argument("--unguarded", action="store_true")
             p.add_argument("--quick", action="store_true", help="one decoder configuration")

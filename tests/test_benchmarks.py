@@ -169,3 +169,35 @@ def test_guard_profile_profiles_both_decodes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ncalls" not in out and out.count(" s per decode; guard calls ") == 2
     assert "replayed in a loop" in out and " 0 calls" not in out.split("replayed")[1]
+
+
+def test_allocator_compares_settings_in_their_own_processes(tmp_path, capsys):
+    """allocator.py runs each malloc setting in a fresh worker, reports medians and ratios
+    against the system's default, and checks the files are the same; missing images are a
+    one-line exit that measures nothing."""
+    import platform
+    import sys
+
+    from conftest import tiny, write_images
+
+    from varicodec.models import save_model
+
+    bench = load_benchmark("allocator")
+    with pytest.raises(SystemExit, match="nothing measured"):
+        bench.main(["--images", str(tmp_path / "none.png")])
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("the settings are glibc's")
+    weights = tmp_path / "m.safetensors"
+    save_model(tiny("hyperprior-bm").eval(), weights)
+    image = next(write_images(tmp_path / "img", 1, (64, 64), 8).iterdir())
+    out = tmp_path / "alloc.json"
+    bench.main(["--images", str(image), "--model", str(weights), "--settings", "system",
+                "shipped", "--rounds", "1", "--repeats", "1", "--threads", "1",
+                "--json", str(out)])
+    got = json.loads(out.read_text())
+    assert set(got["summary"]) == {"system", "shipped"}
+    shipped = got["summary"]["shipped"]
+    assert shipped["took"] and shipped["encode_s"] > 0 and shipped["peak_rss_mib"] > 0
+    assert shipped["encode_speedup_vs_system"] > 0 and len(got["runs"]["system"]) == 1
+    assert got["summary"]["system"]["bytes"] == shipped["bytes"] > 0
+    assert "enc×/system" in capsys.readouterr().out
