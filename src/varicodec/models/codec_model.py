@@ -779,20 +779,27 @@ def _near_boundaries_np(gc: nn.Module, flat: Tensor, idx: Tensor, within: float,
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_near_boundaries` on the CPU, as numpy arrays: the same float32
     pre-selection and float64 distances, with the windows, the table and the widths
-    converted once per ``cache``."""
-    def make():
-        w = _windows(gc, within, widths, flat.device)
-        return (tuple(x.numpy() for x in w), *_float64_tables(gc, widths))
-
+    converted once per ``cache``. The joint decoder calls this once per wavefront,
+    right after the context model and the entropy parameters, where every call runs
+    with cold caches (docs/results/portability.md): so as few calls as it can make."""
     if within <= 0:
         return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
-    windows, table, w64 = _cached(cache, ("numpy", within), make)
-    sv = _scales_numpy(flat)
+    key = ("numpy", within)
+    tables = None if cache is None else cache.get(key)
+    if tables is None:
+        w = _windows(gc, within, widths, flat.device)
+        tables = (tuple(x.numpy() for x in w), *_float64_tables(gc, widths))
+        if cache is not None:
+            cache[key] = tables
+    windows, table, w64 = tables
+    sv = flat.detach().numpy() if flat.dtype == torch.float32 else _scales_numpy(flat)
     if windows:
         above, below = windows
         iv = idx.reshape(-1).numpy()
         s32 = sv if sv.dtype == np.float32 else sv.astype(np.float32)
-        pre = np.flatnonzero((s32 >= above[iv]) | (s32 <= below[iv]))
+        near = s32 >= above[iv]
+        near |= s32 <= below[iv]
+        pre = near.nonzero()[0]
         if not pre.size:  # the usual case for one wavefront of the joint model
             return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
     else:
@@ -997,8 +1004,13 @@ class _IndexGuard:
             items = [b for b in range(start // per, (start + n - 1) // per + 1)
                      if b in self.hashed]
             if items:
-                pos, k, dist = (t.numpy() for t in _near_boundaries(
-                    self.gc, scales, idx, HASH_THRESHOLD, self.widths, self._windows))
+                if scales.device.type == "cpu":  # numpy end to end
+                    pos, k, dist = _near_boundaries_np(self.gc, scales.reshape(-1), idx,
+                                                       HASH_THRESHOLD, self.widths,
+                                                       self._windows)
+                else:
+                    pos, k, dist = (t.numpy() for t in _near_boundaries(
+                        self.gc, scales, idx, HASH_THRESHOLD, self.widths, self._windows))
                 number = pos + start  # across the batch; ascending
                 for b in items if pos.size else []:
                     lo, hi = np.searchsorted(number, [b * per, (b + 1) * per])
