@@ -317,6 +317,30 @@ def test_guard_hash_pinned_values():
     assert _guard_hash(np.array([0, 1, 12345]), 5).tolist() == PINNED_SEED_5
 
 
+def test_hash_rule_gives_the_same_mask_in_python_integers_and_in_numpy():
+    """The decoder's hash rule hashes up to _HASH_RULE_INT latents in Python integers,
+    more in numpy: both give the pinned hashes and the same mask."""
+    from varicodec.models import codec_model as cm
+
+    numbers = [0, 1, 2, 294_911, 2**32 - 1]
+    assert [cm._guard_hash_int(n, 0) for n in numbers] == PINNED_SEED_0
+    assert [cm._guard_hash_int(n, 5) for n in (0, 1, 12345)] == PINNED_SEED_5
+    rng = np.random.default_rng(3)
+    for seed in range(4):
+        nums = rng.integers(0, 300_000, 200)
+        assert [cm._guard_hash_int(int(n), seed) for n in nums] == \
+            _guard_hash(nums, seed).tolist()
+        bits = 6
+        top = (_guard_hash(nums, seed) >> np.uint64(32 - bits)).astype(np.int64)
+        hashed = _HashSet(bits, seed, np.unique(top[::3]).astype(np.uint64))
+        dist = rng.uniform(0, 2 * HASH_THRESHOLD, len(nums))
+        whole = _hash_rule(nums, dist, hashed)  # 200 latents: numpy
+        assert whole.any() and not whole.all()
+        for lo in range(0, len(nums), cm._HASH_RULE_INT):  # the Python-integer path
+            part = slice(lo, lo + cm._HASH_RULE_INT)
+            assert _hash_rule(nums[part], dist[part], hashed).tolist() == whole[part].tolist()
+
+
 PINNED_SEED_0 = [0, 1364076727, 821347078, 540522742, 2180083513]  # fmix32(1) = 0x514E28B7
 PINNED_SEED_5 = [1215922603, 280495159, 3067021729]
 
