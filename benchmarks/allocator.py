@@ -25,20 +25,22 @@ import sys
 import time
 from pathlib import Path
 
+from varicodec.util import _M_MMAP_THRESHOLD, _M_TOP_PAD, _M_TRIM_THRESHOLD
+
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 MIB = 1 << 20
 
-#: setting name → ``mallopt`` calls ``(parameter, value)``; ``shipped`` is filled from
-#: ``varicodec.util`` (the command's own setting) in the worker
+#: setting name → ``mallopt`` calls ``(parameter, value)``; ``shipped`` is
+#: ``varicodec.util.retain_freed_memory`` itself (the command's own setting), called in
+#: the worker
 SETTINGS: dict[str, tuple[tuple[int, int], ...] | None] = {
     "system": (),
     "shipped": None,
-    # M_MMAP_THRESHOLD (-3), M_TRIM_THRESHOLD (-1), M_TOP_PAD (-2)
-    "retain96": ((-3, 96 * MIB), (-1, 96 * MIB)),  # shipped from session 5 to 20
-    "retain96-pad256": ((-3, 96 * MIB), (-1, 96 * MIB), (-2, 256 * MIB)),
-    "retain512-pad256": ((-3, 96 * MIB), (-1, 512 * MIB), (-2, 256 * MIB)),
-    "pad256": ((-2, 256 * MIB),),  # the pad without the retention
+    "retain96": ((_M_MMAP_THRESHOLD, 96 * MIB), (_M_TRIM_THRESHOLD, 96 * MIB)),  # sessions 5-20
+    "retain512-pad256": ((_M_MMAP_THRESHOLD, 96 * MIB), (_M_TRIM_THRESHOLD, 512 * MIB),
+                         (_M_TOP_PAD, 256 * MIB)),
+    "pad256": ((_M_TOP_PAD, 256 * MIB),),  # the pad without the retention
 }
 
 
@@ -48,14 +50,13 @@ def worker(setting: str, images: list[str], model: str | None, quality: float,
     import ctypes
     import resource
 
-    if setting == "shipped":
-        from varicodec.util import retain_freed_memory
+    from varicodec.util import _libc_function, retain_freed_memory
 
+    if setting == "shipped":
         took = retain_freed_memory()
     else:
-        calls = SETTINGS[setting] or ()
-        mallopt = ctypes.CDLL(None).mallopt if calls else None
-        took = all(mallopt(p, v) == 1 for p, v in calls) if calls else True
+        mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+        took = all(mallopt(p, v) == 1 for p, v in SETTINGS[setting] or ())
     import torch
     from PIL import Image
 

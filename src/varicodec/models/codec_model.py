@@ -764,7 +764,7 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor, within: float,
         pos, k, dist = _near_boundaries_np(gc, flat, idx, within, widths, cache)
         return torch.from_numpy(pos), torch.from_numpy(k), torch.from_numpy(dist)
     windows = _cached(cache, ("torch", within, flat.device),
-                      lambda: _windows(gc, within, widths, flat.device))
+                      _windows, gc, within, widths, flat.device)
     if within <= 0:
         pre = torch.zeros(0, dtype=torch.int64, device=flat.device)
     elif windows:
@@ -782,13 +782,16 @@ def _near_boundaries(gc: nn.Module, scales: Tensor, idx: Tensor, within: float,
     return pre.cpu()[keep], k[keep], dist[keep]
 
 
-def _cached(cache: dict | None, key, make):
-    """``cache[key]``, made by ``make()`` on first use (no cache: made every time)."""
+def _cached(cache: dict | None, key, make, *args):
+    """``cache[key]``, made by ``make(*args)`` on first use (no cache: made every time).
+    Arguments rather than a closure, so a caller on the joint decoder's per-wavefront
+    path makes no function object per call."""
     if cache is None:
-        return make()
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
+        return make(*args)
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make(*args)
+    return value
 
 
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
@@ -805,15 +808,9 @@ def _near_boundaries_np(gc: nn.Module, flat: Tensor, idx: Tensor, within: float,
     with cold caches (docs/results/portability.md): so as few calls as it can make."""
     if within <= 0:
         return _EMPTY_I64, _EMPTY_I64, _EMPTY_F64
-    key = ("numpy", within)
-    tables = None if cache is None else cache.get(key)
-    if tables is None:
-        w = _windows(gc, within, widths, flat.device)
-        tables = (tuple(x.numpy() for x in w), *_float64_tables(gc, widths))
-        if cache is not None:
-            cache[key] = tables
-    windows, table, w64 = tables
-    sv = flat.detach().numpy() if flat.dtype == torch.float32 else _scales_numpy(flat)
+    windows, table, w64 = _cached(cache, ("numpy", within), _numpy_tables,
+                                  gc, within, widths)
+    sv = _scales_numpy(flat)
     if windows:
         above, below = windows
         iv = idx.reshape(-1).numpy()
@@ -830,6 +827,14 @@ def _near_boundaries_np(gc: nn.Module, flat: Tensor, idx: Tensor, within: float,
     return pre[keep], k[keep], dist[keep]
 
 
+def _numpy_tables(gc: nn.Module, within: float, widths: Tensor | None
+                  ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray | None]:
+    """:func:`_near_boundaries_np`'s tables: the float32 windows, the float64 boundaries
+    and widths."""
+    w = _windows(gc, within, widths, "cpu")
+    return (tuple(x.numpy() for x in w), *_float64_tables(gc, widths))
+
+
 def _float64_tables(gc: nn.Module, widths: Tensor | None
                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """The boundaries ``scale_table[:-1]`` and the widths as float64 numpy arrays."""
@@ -840,6 +845,8 @@ def _float64_tables(gc: nn.Module, widths: Tensor | None
 def _scales_numpy(flat: Tensor) -> np.ndarray:
     """Raw scales as a CPU numpy array, float32 or float64 as they are (others: float32)."""
     flat = flat.detach()
+    if flat.dtype == torch.float32 and flat.device.type == "cpu":
+        return flat.numpy()  # the decoder's per-wavefront case: no further calls
     return (flat if flat.dtype in (torch.float32, torch.float64) else flat.float()).cpu().numpy()
 
 
@@ -1016,7 +1023,7 @@ class _IndexGuard:
             sel = forced[(forced >= start) & (forced < start + n)] - start
             if sel.size:
                 table, w64 = _cached(self._windows, "tables",
-                                     lambda: _float64_tables(self.gc, self.widths))
+                                     _float64_tables, self.gc, self.widths)
                 sels.append(sel)
                 ks.append(_nearest_boundary_np(_scales_numpy(scales.reshape(-1))[sel],
                                                table, w64)[0])
