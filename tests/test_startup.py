@@ -122,3 +122,81 @@ def test_ctrl_c_in_a_real_process(tmp_path, delay_s):
         pytest.skip("the encode finished before the signal (a very fast machine)")
     assert p.returncode == 130 and err == "varicodec: interrupted\n", err
     assert [q.name for q in tmp_path.iterdir()] == ["a.png"]  # no output, no temporary file
+
+
+#: a command whose output's write imports a module that is interrupted while it loads
+INTERRUPTED_IMPORT = """
+import sys
+from pathlib import Path
+
+import varicodec.cli as cli
+from varicodec.util import atomic_write
+
+folder = Path(sys.argv[1])
+
+
+def command(args):
+    sys.path.insert(0, str(folder))
+
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        import interrupts_itself  # noqa: F401
+
+    atomic_write(folder / "out.bin", write)
+    return 0
+
+
+cli._cmd_models = command
+sys.argv = ["varicodec", "models"]
+sys.exit(cli.main())
+"""
+
+#: SIGINT inside a callback of an import, the way importlib's own callbacks meet it: a
+#: KeyboardInterrupt raised there is printed as "Exception ignored" and lost
+INTERRUPTS_ITSELF = """
+import os, signal, weakref
+
+
+class Thing:
+    pass
+
+
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(100_000):  # Python runs the handler at one of these steps
+        pass
+
+
+thing = Thing()
+ref = weakref.ref(thing, callback)
+del thing
+"""
+
+
+def test_ctrl_c_during_an_import_ends_the_command_at_once(tmp_path):
+    """Not a KeyboardInterrupt that an import's callback swallows (or that aborts the
+    process inside torch's C++ code): one line, 130, the unfinished write removed."""
+    import signal
+
+    (tmp_path / "interrupts_itself.py").write_text(INTERRUPTS_ITSELF)
+    r = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT, str(tmp_path)],
+                       capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (r.returncode, r.stderr) == (130, "varicodec: interrupted\n")
+    assert sorted(q.name for q in tmp_path.iterdir() if q.suffix != ".pyc"
+                  and q.name != "__pycache__") == ["interrupts_itself.py"]
+
+
+def test_inside_import_sees_module_code_only_while_it_loads(tmp_path, monkeypatch):
+    import importlib
+
+    from varicodec.cli import _inside_import
+
+    (tmp_path / "probe_frames.py").write_text(
+        "import sys\nfrom varicodec.cli import _inside_import\n"
+        "WHILE_LOADING = _inside_import(sys._getframe())\n"
+        "def later():\n    return _inside_import(sys._getframe())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = importlib.import_module("probe_frames")
+    assert probe.WHILE_LOADING and not probe.later()
+    assert not _inside_import(sys._getframe()) and not _inside_import(None)

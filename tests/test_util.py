@@ -11,6 +11,7 @@ from varicodec.util import (
     git_commit,
     is_image_name,
     list_images,
+    remove_unfinished_writes,
     retain_freed_memory,
     trim_freed_memory,
 )
@@ -44,6 +45,26 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         atomic_write(tmp_path / "a.bin", fail)
     assert (tmp_path / "a.bin").read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_unfinished_writes_can_be_removed_from_outside(tmp_path):
+    """What an exit without ``finally`` (Ctrl-C during an import) calls first."""
+    (tmp_path / "a.bin").write_bytes(b"old")
+    seen = []
+
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        remove_unfinished_writes()
+        seen.append(tmp.exists())
+        raise OSError("the process would have ended here")
+
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "a.bin", write)
+    atomic_write(tmp_path / "b.bin", lambda tmp: tmp.write_bytes(b"new"))
+    remove_unfinished_writes()  # a finished write is not touched
+    assert seen == [False]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"a.bin": b"old",
+                                                                   "b.bin": b"new"}
 
 
 def test_one_image_lister(tmp_path):

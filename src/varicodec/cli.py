@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+from types import FrameType
 
 from .errors import VaricodecError
+from .util import remove_unfinished_writes
 
 #: modules that add subcommands (looked up lazily so `--help` stays fast)
 SUBCOMMAND_MODULES = (
@@ -80,6 +83,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; ``argv`` ``None`` means ``sys.argv`` (a real process)."""
+    if argv is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_interrupt)  # not where SIGINT is ignored (`cmd &`)
     try:
         code, args = _main(argv)
     except KeyboardInterrupt:  # anywhere: parsing, importing torch, coding, writing
@@ -92,6 +97,40 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and getattr(args, "fast_exit", False):
         _exit_now(code)
     return code
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C in a real process: ``KeyboardInterrupt``, except during an import.
+
+    Raised inside an import, ``KeyboardInterrupt`` can cross torch's C++ code
+    (``torch._C._autograd_init``, ``_c10d_init``: pybind11), which cannot pass it on
+    and aborts the process (exit −6, "terminate called after throwing an instance of
+    'pybind11::error_already_set'"), or it lands in one of importlib's callbacks,
+    which swallows it and lets the command run on to exit 0. Without this handler 6
+    of 400 Ctrl-Cs sent while torch loaded aborted, with it none of 400
+    (``benchmarks/interrupt.py``, docs/results/startup.md). An import leaves nothing
+    to clean up but the temporary files of writes in progress, so there the command
+    ends at once.
+    """
+    if _inside_import(frame):
+        remove_unfinished_writes()
+        print("varicodec: interrupted", file=sys.stderr)
+        _exit_now(130)
+        os._exit(130)  # stderr is closed: end all the same
+    raise KeyboardInterrupt
+
+
+#: the modules of importlib's machinery (frozen into the interpreter, or not)
+_IMPORTLIB = ("_frozen_importlib", "importlib._bootstrap")
+
+
+def _inside_import(frame: FrameType | None) -> bool:
+    """``frame`` or one of its callers runs importlib's machinery."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_IMPORTLIB):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _exit_now(code: int) -> None:

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "atomic_write", "git", "git_commit", "git_dirty",
-           "is_image_name", "list_images", "retain_freed_memory", "trim_freed_memory"]
+           "is_image_name", "list_images", "remove_unfinished_writes", "retain_freed_memory",
+           "trim_freed_memory"]
 
 #: file name extensions read as images by the codec, training and evaluation
 #: (lower case; Pillow reads them all)
@@ -103,6 +104,10 @@ def _umask() -> int:
     return mask
 
 
+#: temporary files of the atomic writes in progress (for an exit that runs no ``finally``)
+_UNFINISHED: set[Path] = set()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write ``path`` all at once or not at all.
 
@@ -115,6 +120,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    _UNFINISHED.add(tmp)
     try:
         write(tmp)
         # after writing: mkstemp makes 0600, and so does safetensors, which replaces the file
@@ -122,7 +128,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        _UNFINISHED.discard(tmp)
     return path
+
+
+def remove_unfinished_writes() -> None:
+    """Remove the temporary files of every :func:`atomic_write` still in progress.
+
+    For a process about to end with ``os._exit`` (which skips the ``finally`` that
+    would remove them): the outputs those writes were making stay as they were.
+    """
+    for tmp in list(_UNFINISHED):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------------ listing

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..util import git_commit, git_dirty
+from ..util import atomic_write, git_commit, git_dirty
 
 __all__ = [
     "SCHEMA",
@@ -155,10 +155,8 @@ def save_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``results`` as indented JSON (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
