@@ -41,7 +41,7 @@ KODAK = ROOT.parent / "shared" / "data" / "kodak"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("weights", help="a weights file with a dense g_a")
+    p.add_argument("weights", help="a weights file (a dense or a gated g_a)")
     p.add_argument("--data", type=Path, default=KODAK)
     p.add_argument("--limit", type=int, default=24, help="number of images")
     p.add_argument("--qualities", type=float, nargs="+", default=[1, 4, 8],

@@ -157,13 +157,17 @@ def test_weights_files_leave_out_the_context_mask(tmp_path):
     assert weights_fingerprint(fresh) == weights_fingerprint(model)
 
 
-@pytest.mark.parametrize("name", ["hyperprior-bm", "joint-base"])
-def test_encoder_runs_a_dense_analysis_channels_last(name):
-    """On the CPU the encoder's g_a runs channels-last (faster in oneDNN), in every encoder
-    path alike: cached_analysis codes the same streams as compress, both coding orders
-    of the joint model see the same y, the convolutions get their own forward back, and
-    the NCHW layout (``analysis_channels_last = False``) codes a y within float32 ulp."""
+@pytest.mark.parametrize("name", ["hyperprior-bm", "joint-base", "hyperprior-ecgbm",
+                                  "joint-ecg"])
+def test_encoder_runs_the_analysis_channels_last(name):
+    """On the CPU the encoder's g_a runs channels-last (faster in oneDNN), dense or gated
+    (the sparse convolutions too), in every encoder path alike: cached_analysis codes the
+    same streams as compress, both coding orders of the joint model see the same y, the
+    convolutions get their own forward and layout back, and the NCHW layout
+    (``analysis_channels_last = False``) codes a y within float32 ulp."""
     from torch import nn
+
+    from varicodec.layers import GatedConv2d
 
     model = tiny_model(name)
     x = texture()
@@ -182,6 +186,10 @@ def test_encoder_runs_a_dense_analysis_channels_last(name):
     assert seen == [True, True, True]
     assert not any("forward" in vars(m) for m in model.net.g_a.modules()
                    if type(m) is nn.Conv2d)
+    gated = [m for m in model.net.g_a.modules() if isinstance(m, GatedConv2d)]
+    assert bool(gated) == model.gated
+    assert not any(m.sparse_channels_last for m in gated)  # the layer's own default again
+    assert not model.net.g_a[-1]._forward_hooks
     if _autoregressive(name):
         seq = model.compress(x, order="sequential")
         a = model.decompress(coded["strings"], coded["shape"])["y_hat"]

@@ -50,6 +50,7 @@ from ..errors import DesyncError
 from ..layers import (
     BitrateModulator,
     EnergyChannelGate,
+    GatedConv2d,
     LmbdaRange,
     gates_of,
     insert_gates,
@@ -394,27 +395,42 @@ class VaricodecModel(nn.Module):
         """``x`` in the layout the encoder runs ``g_a`` in; inside the block ``g_a``'s
         convolutions run in that layout too.
 
-        On the CPU a dense ``g_a`` runs channels-last, input and weights: oneDNN's
-        channels-last kernels are about 1.4× faster there than NCHW ones
-        (docs/results/layout.md). Every encoder path (:meth:`compress` in both
-        coding orders, :meth:`cached_analysis`) comes through here, so all of them
-        compute the same ``y``. Gated transforms keep their own layout (their sparse
-        path chooses it per layer), and so do models on other devices.
+        On the CPU ``g_a`` runs channels-last, input and weights: oneDNN's channels-last
+        kernels are about 1.4× faster there than NCHW ones for a dense model
+        (docs/results/layout.md), and a gated model's sparse convolutions gather their
+        live channels from the channels-last activations and run in that layout too,
+        for its GDNs' sake (oneDNN's 1×1 convolution): 1.2× faster encodes of the bundled
+        gated default than its NCHW sparse path (docs/results/sparse.md, session 22).
+        Every encoder path (:meth:`compress` in both coding orders,
+        :meth:`cached_analysis`) comes through here, so all of them compute the same
+        ``y``, which leaves in the standard layout: CompressAI's sequential joint loop
+        slices it position by position, ~2× slower on a channels-last tensor. Models on
+        other devices keep their layouts.
         """
-        convs = [m for m in self.net.g_a.modules() if type(m) is nn.Conv2d]
-        if (not self.analysis_channels_last or x.device.type != "cpu" or not convs
-                or gates_of(self.net.g_a)):
+        g_a = self.net.g_a
+        layers = [m for m in g_a.modules() if type(m) is nn.Conv2d or isinstance(m, GatedConv2d)]
+        if not self.analysis_channels_last or x.device.type != "cpu" or not layers:
             yield x
             return
-        for m in convs:
-            # y leaves in the standard layout: CompressAI's sequential joint loop slices
-            # it position by position, which is ~2× slower on a channels-last tensor
-            m.forward = _ChannelsLastConv(m, standard_output=m is convs[-1])
+        last, hook = layers[-1], None
+        gated = {m: m.sparse_channels_last for m in layers if isinstance(m, GatedConv2d)}
+        for m in layers:
+            if m in gated:
+                m.sparse_channels_last = True
+            else:
+                m.forward = _ChannelsLastConv(m, standard_output=m is last)
+        if last in gated:
+            hook = last.register_forward_hook(lambda m, args, out: out.contiguous())
         try:
             yield x.contiguous(memory_format=torch.channels_last)
         finally:
-            for m in convs:
-                del m.forward
+            for m in layers:
+                if m in gated:
+                    m.sparse_channels_last = gated[m]
+                else:
+                    del m.forward
+            if hook is not None:
+                hook.remove()
 
     @contextmanager
     def _synthesis_layout(self) -> Iterator[None]:
