@@ -148,7 +148,21 @@ def build_models(args, variants: list[str], x0):
             models[v] = m
     for m in models.values():
         m.update(force=True)
-    return models, next(iter(models.values())).compressai_network()
+    return models, compressai_baseline(next(iter(models.values())), args.lmbda)
+
+
+def compressai_baseline(model, lmbda: float):
+    """CompressAI's network holding ``model``'s transforms without the gates; a gated
+    variable-rate model's dense twin (the same weights, no gates) folded at ``lmbda``."""
+    if not model.variable_rate:
+        return model.compressai_network()
+    from varicodec.models import create_model
+    from varicodec.models.fold import fold_bitrate_modulator
+
+    config = {k: v for k, v in model.config.items() if k != "gate"}
+    dense = create_model(f"{model.arch}-bm", **config)
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".gate." not in k})
+    return fold_bitrate_modulator(dense, lmbda).compressai_network()
 
 
 def alpha_state(model) -> dict[str, Any]:
