@@ -399,8 +399,9 @@ class VaricodecModel(nn.Module):
         kernels are about 1.4× faster there than NCHW ones for a dense model
         (docs/results/layout.md), and a gated model's sparse convolutions gather their
         live channels from the channels-last activations and run in that layout too,
-        for its GDNs' sake (oneDNN's 1×1 convolution): 1.2× faster encodes of the bundled
-        gated default than its NCHW sparse path (docs/results/sparse.md, session 22).
+        for its GDNs' sake (oneDNN's 1×1 convolution): 1.26–1.30× faster encodes of the
+        bundled gated default than its NCHW sparse path (docs/results/layout.md, "The
+        gated encoder").
         Every encoder path (:meth:`compress` in both coding orders,
         :meth:`cached_analysis`) comes through here, so all of them compute the same
         ``y``, which leaves in the standard layout: CompressAI's sequential joint loop
