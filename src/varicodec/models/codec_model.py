@@ -413,25 +413,22 @@ class VaricodecModel(nn.Module):
         if not self.analysis_channels_last or x.device.type != "cpu" or not layers:
             yield x
             return
-        last, hook = layers[-1], None
         gated = {m: m.sparse_channels_last for m in layers if isinstance(m, GatedConv2d)}
         for m in layers:
             if m in gated:
                 m.sparse_channels_last = True
             else:
-                m.forward = _ChannelsLastConv(m, standard_output=m is last)
-        if last in gated:
-            hook = last.register_forward_hook(lambda m, args, out: out.contiguous())
+                m.forward = _ChannelsLastConv(m)
+        hook = layers[-1].register_forward_hook(lambda m, args, out: out.contiguous())
         try:
             yield x.contiguous(memory_format=torch.channels_last)
         finally:
+            hook.remove()
             for m in layers:
                 if m in gated:
                     m.sparse_channels_last = gated[m]
                 else:
                     del m.forward
-            if hook is not None:
-                hook.remove()
 
     @contextmanager
     def _synthesis_layout(self) -> Iterator[None]:
@@ -1266,16 +1263,14 @@ class _Float32Forward:
 
 class _ChannelsLastConv:
     """The forward of a plain ``nn.Conv2d`` on a channels-last copy of its weight
-    (taken once, when made), its output optionally back in the standard layout:
-    :meth:`VaricodecModel._analysis_layout`."""
+    (taken once, when made): :meth:`VaricodecModel._analysis_layout`."""
 
-    def __init__(self, conv: nn.Conv2d, standard_output: bool = False) -> None:
-        self.conv, self.standard_output = conv, standard_output
+    def __init__(self, conv: nn.Conv2d) -> None:
+        self.conv = conv
         self.weight = conv.weight.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: Tensor) -> Tensor:
-        out = self.conv._conv_forward(x, self.weight, self.conv.bias)
-        return out.contiguous() if self.standard_output else out
+        return self.conv._conv_forward(x, self.weight, self.conv.bias)
 
 
 class _CachedLatent(nn.Module):
