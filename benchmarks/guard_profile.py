@@ -8,7 +8,7 @@ Prints, per pass, the wall-clock per decode and the functions with the most own 
 (profiling adds overhead to Python-heavy code, so read the differences, not the totals).
 
 ``--inside`` times instead, without the profiler, the guard's per-call decoder work
-(``_IndexGuard._decode_call``, once per wavefront for the joint model) inside real
+(``IndexGuard._decode_call``, once per wavefront for the joint model) inside real
 decodes, and the same calls replayed in a loop on the scales they were given: the
 difference is what running between the convolutions costs.
 """
@@ -73,9 +73,9 @@ def inside(m, c, guard, none, shape, passes: int, repeats: int) -> None:
     again right after it (warm), and all its calls replayed in a loop, back to back and
     with one convolution before each (as in a decode, where the context model and the
     entropy parameters run between two calls)."""
-    from varicodec.models import codec_model as cm
+    from varicodec.models import guard as gm
 
-    call = cm._IndexGuard._decode_call
+    call = gm.IndexGuard._decode_call
     spent = {"s": 0.0, "n": 0, "again": 0.0}
     recorded: list[tuple] = []
     recording = False
@@ -102,7 +102,7 @@ def inside(m, c, guard, none, shape, passes: int, repeats: int) -> None:
             total += time.perf_counter() - t0
         return total
 
-    cm._IndexGuard._decode_call = timed
+    gm.IndexGuard._decode_call = timed
     try:
         with torch.inference_mode():
             m.decompress(guard, shape, c.lmbda_code)  # warm-up
@@ -128,7 +128,7 @@ def inside(m, c, guard, none, shape, passes: int, repeats: int) -> None:
             after_conv = min(replay(lambda: torch.nn.functional.conv2d(x, w, padding=2))
                              for _ in range(3))
     finally:
-        cm._IndexGuard._decode_call = call
+        gm.IndexGuard._decode_call = call
     print(f"one guarded decode, {len(recorded)} calls: {1e3 * spent['s']:.1f} ms in the "
           f"decode, {1e3 * spent['again']:.1f} ms for the same calls again right after "
           f"each; replayed in a loop {1e3 * loop:.1f} ms (best of 10), with a "

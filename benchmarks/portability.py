@@ -110,20 +110,20 @@ def cmd_rate(a: argparse.Namespace) -> None:
     for the set G it is given, whose positions-mode stream is then packed (one encode
     per file instead of two; the y stream of that file differs by the few forced
     latents outside G, not counted)."""
-    import varicodec.models.codec_model as cm
+    import varicodec.models.guard as gm
     from varicodec.codec.api import _z_shape, encode_image
     from varicodec.codec.format import Container
     from varicodec.quality import QUALITY_LMBDAS, quality_to_lmbda
 
     m = _model(a.model)
     seen: list[np.ndarray] = []
-    choose = cm._choose_hash
+    choose = gm._choose_hash
 
     def watched(numbers, dist, margin):
         seen.append(numbers[dist < margin])
         return choose(numbers, dist, margin)
 
-    cm._choose_hash = watched
+    gm._choose_hash = watched
     rows = []
     for p in _images(a.images, a.names, a.limit):
         for q in a.qualities:
@@ -137,9 +137,9 @@ def cmd_rate(a: argparse.Namespace) -> None:
             c = Container.unpack(data)
             guard = len(c.guard or b"")
             per_item = m._latents_per_item(_z_shape(m, c.width, c.height))
-            _, named = cm._unpack_guard(c.guard or bytes(4), per_item)
-            hashed = isinstance(named, cm._HashSet)
-            old_guard = 4 + (len(cm._positions_tail(seen[0])) if seen else 0)
+            _, named = gm.unpack_guard(c.guard or bytes(4), per_item)
+            hashed = isinstance(named, gm.HashSet)
+            old_guard = 4 + (len(gm._positions_tail(seen[0])) if seen else 0)
             assert len(seen) <= 1 and (hashed or old_guard == guard)
             rest = len(data) - guard - 1
             extra = {}
@@ -162,7 +162,7 @@ def cmd_rate(a: argparse.Namespace) -> None:
             print(f"{p.stem} q{q}: {len(data)} B, guard {guard} B "
                   f"({'hash' if hashed else 'positions'}; positions mode {old_guard} B)",
                   file=sys.stderr)
-    cm._choose_hash = choose
+    gm._choose_hash = choose
     per_q = {}
     for q in a.qualities:
         sel = [r for r in rows if r["quality"] == q]
@@ -190,7 +190,7 @@ def _fingerprint(m) -> str:
 
 
 def _margin() -> float:
-    from varicodec.models.codec_model import INDEX_MARGIN
+    from varicodec.models.guard import INDEX_MARGIN
 
     return INDEX_MARGIN
 
@@ -216,14 +216,14 @@ def _guard_pair(m, p: Path, q: float):
 
 
 def cmd_time(a: argparse.Namespace) -> None:
-    from varicodec.models.codec_model import (
+    from varicodec.models.guard import (
         HASH_THRESHOLD,
+        HashSet,
+        IndexGuard,
         _hash_rule,
-        _HashSet,
-        _IndexGuard,
         _near_boundaries,
         _scale_indexes,
-        _unpack_guard,
+        unpack_guard,
     )
 
     torch.set_num_threads(a.threads)
@@ -253,16 +253,16 @@ def cmd_time(a: argparse.Namespace) -> None:
             scales = torch.exp(torch.empty(per_item).uniform_(-2.2, 5.5))
             idx = _scale_indexes(gc, scales)  # build_indexes: the decoder's work anyway
             t0 = time.perf_counter()
-            _, named = _unpack_guard(c.guard, per_item)
-            if isinstance(named, _HashSet):
+            _, named = unpack_guard(c.guard, per_item)
+            if isinstance(named, HashSet):
                 pos, _, dist = _near_boundaries(gc, scales, idx, HASH_THRESHOLD)
                 _hash_rule(pos.numpy(), dist.numpy(), named)
-            ig = _IndexGuard(gc)
+            ig = IndexGuard(gc)
             ig.symbols = [torch.zeros(per_item, dtype=torch.int32)]
             ig.checks(1)
             work = time.perf_counter() - t0
             rows.append({"image": p.stem, "quality": q, "guard_s": g, "none_s": n,
-                         "guard_mode": "hash" if isinstance(named, _HashSet) else "positions",
+                         "guard_mode": "hash" if isinstance(named, HashSet) else "positions",
                          "overhead_pct": 100 * (g / n - 1), "guard_work_s": work,
                          "guard_work_pct": 100 * work / n})
             print(f"{p.stem} q{q}: {g:.3f} s vs {n:.3f} s", file=sys.stderr)
@@ -325,15 +325,15 @@ def _file_guard(m, f: Path) -> dict:
     """A file's format version and how its guard stream names the guarded latents."""
     from varicodec.codec.api import _z_shape
     from varicodec.codec.format import Container
-    from varicodec.models.codec_model import _HashSet, _unpack_guard
+    from varicodec.models.guard import HashSet, unpack_guard
 
     data = f.read_bytes()
     c = Container.unpack(data)
     if c.guard is None or len(c.guard) == 4:
         mode = "none" if c.guard is None else "check only"
     else:
-        _, named = _unpack_guard(c.guard, m._latents_per_item(_z_shape(m, c.width, c.height)))
-        mode = "hash" if isinstance(named, _HashSet) else "positions"
+        _, named = unpack_guard(c.guard, m._latents_per_item(_z_shape(m, c.width, c.height)))
+        mode = "hash" if isinstance(named, HashSet) else "positions"
     return {"version": data[3], "guard_mode": mode}
 
 
@@ -422,7 +422,7 @@ def cmd_noise_worker(a: argparse.Namespace) -> None:
     ``build_indexes`` call of a full decode sees, in coding order (for the joint model
     the end of the chain context model → entropy parameters → next wavefront), and
     whether the decode passed the symbol check."""
-    import varicodec.models.codec_model as cm
+    import varicodec.models.guard as gm
     from varicodec.codec.api import decode_image
     from varicodec.codec.format import Container
     from varicodec.errors import DesyncError
@@ -433,13 +433,13 @@ def cmd_noise_worker(a: argparse.Namespace) -> None:
     for f in sorted(Path(a.work).glob("*.vcd")):
         if a.at == "indexed":
             seen: list[torch.Tensor] = []
-            indexes = cm._scale_indexes
+            indexes = gm._scale_indexes
 
             def recorded(gc, scales, seen=seen, indexes=indexes):
                 seen.append(scales.detach().reshape(-1).to("cpu", torch.float64))
                 return indexes(gc, scales)
 
-            cm._scale_indexes = recorded
+            gm._scale_indexes = recorded
             try:
                 with torch.inference_mode():
                     decode_image(f.read_bytes(), m)
@@ -447,7 +447,7 @@ def cmd_noise_worker(a: argparse.Namespace) -> None:
             except DesyncError:
                 status[f.stem] = "desync detected"
             finally:
-                cm._scale_indexes = indexes
+                gm._scale_indexes = indexes
             scales = torch.cat(seen)
         else:
             c = Container.unpack(f.read_bytes())
@@ -466,9 +466,9 @@ def cmd_noise_worker(a: argparse.Namespace) -> None:
 def cmd_noise(a: argparse.Namespace) -> None:
     """How far the scales move between kernel sets: every pair of kernel sets, on
     files written with the default kernels (``--at``: see ``noise-worker``)."""
-    import varicodec.models.codec_model as cm
+    import varicodec.models.guard as gm
     from varicodec.codec.api import encode_image
-    from varicodec.models.codec_model import (
+    from varicodec.models.guard import (
         ABSOLUTE_MARGIN,
         ABSOLUTE_MARGIN_ARCHS,
         INDEX_MARGIN,
@@ -505,7 +505,7 @@ def cmd_noise(a: argparse.Namespace) -> None:
             # per kernel set, once: its indexes, and each scale's nearest boundary
             index = {isa: (s.float()[..., None] > table.float()).sum(-1)
                      for isa, s in got.items()}
-            nearest = {isa: table[cm._nearest_boundary(s, table)[0]].view(s.shape)
+            nearest = {isa: table[gm._nearest_boundary(s, table)[0]].view(s.shape)
                        for isa, s in got.items()}
             dists = {isa: (s[..., None] / table - 1).abs().amin(-1) for isa, s in got.items()}
             for i, x in enumerate(names):

@@ -24,6 +24,7 @@ also_copy = ["benchmarks", "configs", "README.md"]
 only_mutate = [
     "src/varicodec/layers/*.py",
     "src/varicodec/models/codec_model.py",
+    "src/varicodec/models/guard.py",
     "src/varicodec/codec/format.py",
     "src/varicodec/codec/rate_control.py",
     "src/varicodec/losses.py",
@@ -34,7 +35,7 @@ pytest_add_cli_args_test_selection = [
     "tests/test_loss.py", "tests/test_format.py", "tests/test_format_fuzz.py",
     "tests/test_codec_rate_control.py", "tests/test_codec_api.py", "tests/test_threads.py",
     "tests/test_sparse.py", "tests/test_fold.py", "tests/test_content.py",
-    "tests/test_edges.py",
+    "tests/test_edges.py", "tests/test_portability.py", "tests/test_golden.py",
 ]
 TOML
 cd "$WORK"

@@ -71,7 +71,7 @@ def test_hash_mode_guard_in_an_older_version_is_refused(model):
     2 (CRC made valid again) is corrupted, and decoding says so instead of trying."""
     from varicodec.codec.api import decode
     from varicodec.errors import FormatError
-    from varicodec.models.codec_model import guard_is_hash_mode
+    from varicodec.models.guard import guard_is_hash_mode
 
     c = Container.unpack((GOLDEN / "v4-hash.vcd").read_bytes())
     assert guard_is_hash_mode(c.guard)

@@ -19,19 +19,19 @@ import torch
 from conftest import tiny
 
 from varicodec.errors import DesyncError
-from varicodec.models.codec_model import (
+from varicodec.models.guard import (
     HASH_THRESHOLD,
     INDEX_MARGIN,
+    HashSet,
+    IndexGuard,
     _choose_hash,
     _guard_hash,
     _hash_rule,
-    _HashSet,
-    _IndexGuard,
     _near_boundaries,
     _nearest_boundary,
-    _pack_guard,
     _scale_indexes,
-    _unpack_guard,
+    pack_guard,
+    unpack_guard,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,16 +41,16 @@ def test_guard_stream_roundtrip_and_malformed_streams():
     rng = np.random.default_rng(0)
     for n, per_item in ((0, 10), (1, 1), (5, 5), (40, 300_000), (2000, 4000)):
         pos = np.sort(rng.choice(per_item, n, replace=False))
-        data = _pack_guard(0xDEADBEEF, pos)
-        check, back = _unpack_guard(data, per_item)
+        data = pack_guard(0xDEADBEEF, pos)
+        check, back = unpack_guard(data, per_item)
         assert check == 0xDEADBEEF and np.array_equal(back, pos)
-    data = _pack_guard(7, np.array([3, 17, 250_000]))
+    data = pack_guard(7, np.array([3, 17, 250_000]))
     assert len(data) < 4 + 1 + 1 + 3 * 4  # Rice-coded gaps: a few bytes per latent
     for bad in (data[:3], data[:-1], data[:5] + b"\x19" + data[6:]):
         with pytest.raises(ValueError):
-            _unpack_guard(bad, 300_000)
+            unpack_guard(bad, 300_000)
     with pytest.raises(ValueError, match="outside"):
-        _unpack_guard(data, 250_000)
+        unpack_guard(data, 250_000)
 
 
 def _scale_channels(model) -> int:
@@ -105,9 +105,9 @@ def test_perturbed_decoder_keeps_the_symbols(name, mode, image):
         unguarded = model.compress(image, lmbda=lm, index_margin=0.0)
         ref = model.decompress(guarded["strings"], guarded["shape"], guarded["lmbda_code"])
         guard = guarded["strings"][-1][0]
-        _, named = _unpack_guard(guard, model._latents_per_item(guarded["shape"]))
+        _, named = unpack_guard(guard, model._latents_per_item(guarded["shape"]))
         if mode == "hash":  # the wavefront coder shows the guard whole batch elements too
-            assert isinstance(named, _HashSet) and len(named.values) > 1
+            assert isinstance(named, HashSet) and len(named.values) > 1
         else:
             assert len(named) >= model.config["M"] // 2  # every snapped scale is guarded
         assert len(unguarded["strings"][-1][0]) == 4  # the check alone
@@ -217,7 +217,7 @@ def test_absolute_margin_guards_small_scales(name, mode, image):
     lowest boundaries; the margin there is ``ABSOLUTE_MARGIN / t``. Scales placed a
     relative 1.5e-5 from boundaries 7-9, decoded with ±2.5e-5 relative noise: the
     same symbols with the version 5 guard, a desync (caught) with version 4's."""
-    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN, absolute_margin
+    from varicodec.models.guard import ABSOLUTE_MARGIN, INDEX_MARGIN, absolute_margin
 
     model = tiny(name, lmbda=0.18).eval()  # fixed-rate λ; the bm model gets it below
     model.update()
@@ -231,9 +231,9 @@ def test_absolute_margin_guards_small_scales(name, mode, image):
         v5 = model.compress(image, lmbda=lm, guard_mode=mode)
         v4 = model.compress(image, lmbda=lm, guard_mode=mode, absolute_margin=False)
         ref = model.decompress(v5["strings"], v5["shape"], v5["lmbda_code"])
-        _, named = _unpack_guard(v5["strings"][-1][0], model._latents_per_item(v5["shape"]))
+        _, named = unpack_guard(v5["strings"][-1][0], model._latents_per_item(v5["shape"]))
         if mode == "hash":
-            assert isinstance(named, _HashSet)
+            assert isinstance(named, HashSet)
         else:
             assert len(named) >= model.config["M"] // 2  # every snapped scale is guarded
         hooks.append(_perturb_scales(model, 2.5e-5))
@@ -248,7 +248,7 @@ def test_absolute_margin_guards_small_scales(name, mode, image):
 
 
 def test_absolute_margin_only_for_mean_and_joint():
-    from varicodec.models.codec_model import ABSOLUTE_MARGIN, INDEX_MARGIN, absolute_margin
+    from varicodec.models.guard import ABSOLUTE_MARGIN, INDEX_MARGIN, absolute_margin
 
     hyper, mean = tiny("hyperprior-bm"), tiny("mean-bm")
     mean.update()
@@ -300,7 +300,7 @@ def test_scale_indexes_are_compressais_build_indexes():
 
 
 def test_guard_positions_split_per_batch_element():
-    guard = _IndexGuard.__new__(_IndexGuard)
+    guard = IndexGuard.__new__(IndexGuard)
     guard.positions = [torch.tensor([1, 5]), torch.tensor([8, 10, 15])]
     got = guard.item_positions(batch=2, per_item=8)
     assert [p.tolist() for p in got] == [[1, 5], [0, 2, 7]]
@@ -320,24 +320,24 @@ def test_guard_hash_pinned_values():
 def test_hash_rule_gives_the_same_mask_in_python_integers_and_in_numpy():
     """The decoder's hash rule hashes up to _HASH_RULE_INT latents in Python integers,
     more in numpy: both give the pinned hashes and the same mask."""
-    from varicodec.models import codec_model as cm
+    from varicodec.models import guard as gm
 
     numbers = [0, 1, 2, 294_911, 2**32 - 1]
-    assert [cm._guard_hash_int(n, 0) for n in numbers] == PINNED_SEED_0
-    assert [cm._guard_hash_int(n, 5) for n in (0, 1, 12345)] == PINNED_SEED_5
+    assert [gm._guard_hash_int(n, 0) for n in numbers] == PINNED_SEED_0
+    assert [gm._guard_hash_int(n, 5) for n in (0, 1, 12345)] == PINNED_SEED_5
     rng = np.random.default_rng(3)
     for seed in range(4):
         nums = rng.integers(0, 300_000, 200)
-        assert [cm._guard_hash_int(int(n), seed) for n in nums] == \
+        assert [gm._guard_hash_int(int(n), seed) for n in nums] == \
             _guard_hash(nums, seed).tolist()
         bits = 6
         top = (_guard_hash(nums, seed) >> np.uint64(32 - bits)).astype(np.int64)
-        hashed = _HashSet(bits, seed, np.unique(top[::3]).astype(np.uint64))
+        hashed = HashSet(bits, seed, np.unique(top[::3]).astype(np.uint64))
         dist = rng.uniform(0, 2 * HASH_THRESHOLD, len(nums))
         whole = _hash_rule(nums, dist, hashed)  # 200 latents: numpy
         assert whole.any() and not whole.all()
-        for lo in range(0, len(nums), cm._HASH_RULE_INT):  # the Python-integer path
-            part = slice(lo, lo + cm._HASH_RULE_INT)
+        for lo in range(0, len(nums), gm._HASH_RULE_INT):  # the Python-integer path
+            part = slice(lo, lo + gm._HASH_RULE_INT)
             assert _hash_rule(nums[part], dist[part], hashed).tolist() == whole[part].tolist()
 
 
@@ -428,11 +428,11 @@ def test_hash_guard_stream_roundtrip_and_malformed_streams():
     rng = np.random.default_rng(1)
     for n, bits, seed in ((1, 1, 0), (3, 6, 15), (26, 10, 7), (500, 20, 3), (3000, 24, 2)):
         values = np.sort(rng.choice(min(1 << bits, 10**9), n, replace=False))
-        data = _pack_guard(0x01020304, np.zeros(0, np.int64), _HashSet(bits, seed, values))
-        check, back = _unpack_guard(data, 1000)
-        assert check == 0x01020304 and isinstance(back, _HashSet)
+        data = pack_guard(0x01020304, np.zeros(0, np.int64), HashSet(bits, seed, values))
+        check, back = unpack_guard(data, 1000)
+        assert check == 0x01020304 and isinstance(back, HashSet)
         assert (back.bits, back.seed) == (bits, seed) and np.array_equal(back.values, values)
-    data = _pack_guard(9, np.zeros(0), _HashSet(10, 4, np.array([3, 100, 1000])))
+    data = pack_guard(9, np.zeros(0), HashSet(10, 4, np.array([3, 100, 1000])))
     assert data[5] >= 32  # the mode byte: hash mode
     bad = (data[:5], data[:6], data[:7], data[:-1],  # truncated
            data[:4] + b"\x80\x80\x40\xff\x00" + bytes(99),  # 2**20 hashes of 34 bits
@@ -440,9 +440,9 @@ def test_hash_guard_stream_roundtrip_and_malformed_streams():
            data[:5] + b"\x1f" + data[6:])  # neither mode
     for b in bad:
         with pytest.raises(ValueError, match="guard stream"):
-            _unpack_guard(b, 300_000)
+            unpack_guard(b, 300_000)
     with pytest.raises(ValueError, match="out of range"):  # 1000 is no 9-bit value
-        _unpack_guard(data[:5] + bytes([32 + 16 * 7 + 4]) + data[6:], 300_000)
+        unpack_guard(data[:5] + bytes([32 + 16 * 7 + 4]) + data[6:], 300_000)
 
 
 def test_sequential_joint_order_keeps_positions_mode(image):
@@ -451,9 +451,9 @@ def test_sequential_joint_order_keeps_positions_mode(image):
     hooks = _snap_to_boundaries(model)
     try:
         out = model.compress(image, order="sequential", guard_mode="hash")
-        _, named = _unpack_guard(out["strings"][-1][0],
+        _, named = unpack_guard(out["strings"][-1][0],
                                  model._latents_per_item(out["shape"]))
-        assert not isinstance(named, _HashSet) and len(named) >= model.config["M"] // 2
+        assert not isinstance(named, HashSet) and len(named) >= model.config["M"] // 2
         ref = model.compress(image, order="wavefront", guard_mode="hash")
         back = model.decompress(out["strings"], out["shape"], order="sequential")
         want = model.decompress(ref["strings"], ref["shape"])
@@ -473,7 +473,7 @@ def test_damaged_hash_guards_end_in_clean_errors(image):
     try:
         out = model.compress(image, lmbda=0.02, guard_mode="hash")
         guard = out["strings"][-1][0]
-        assert isinstance(_unpack_guard(guard, 10**9)[1], _HashSet)
+        assert isinstance(unpack_guard(guard, 10**9)[1], HashSet)
         ref = model.decompress(out["strings"], out["shape"], out["lmbda_code"])["y_hat"]
         rng = np.random.default_rng(0)
         outcomes = {"ValueError": 0, "DesyncError": 0, "same": 0}
@@ -516,8 +516,8 @@ def test_hash_mode_per_batch_element(name, image):
     try:
         out = model.compress(x, lmbda=lm, guard_mode="hash")
         per_item = model._latents_per_item(out["shape"])
-        sets = [_unpack_guard(g, per_item)[1] for g in out["strings"][-1]]
-        assert all(isinstance(h, _HashSet) for h in sets)
+        sets = [unpack_guard(g, per_item)[1] for g in out["strings"][-1]]
+        assert all(isinstance(h, HashSet) for h in sets)
         ref = model.decompress(out["strings"], out["shape"], out["lmbda_code"])["y_hat"]
         one = model.compress(x[1:], lmbda=lm, guard_mode="hash")
         assert one["strings"][-1][0] == out["strings"][-1][1]  # the same as coded alone

@@ -33,7 +33,7 @@ from ..imageio import (
 )
 from ..metrics import psnr_db
 from ..models import VaricodecModel
-from ..models.codec_model import guard_is_hash_mode
+from ..models.guard import guard_is_hash_mode
 from ..models.refine import check_refinable, check_steps, fixed_latents, refine_latents
 from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda

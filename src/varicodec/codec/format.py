@@ -26,7 +26,7 @@ present, 1-4 if alpha is (alpha stream < 256 MiB) and 1-3 for ``len(guard)``
 (version 2 on; guard < 2 MiB) — 27 bytes for a variable-rate RGB Kodak image and
 at most 35 in all. The guard stream (version 2 on) holds a CRC-32 of the entropy-coded symbols
 and the latents whose scale index the encoder made explicit
-(``varicodec.models.codec_model._pack_guard``).
+(``varicodec.models.guard.pack_guard``).
 Version 3 has version 2's layout; in it a joint model's y stream is coded in
 wavefront order (``varicodec.models.wavefront``), in versions 1-2 in CompressAI's
 position-by-position order (:attr:`Container.coding_order`).
@@ -37,7 +37,7 @@ version 4 on writes hash mode, and a version 2-3 file that holds it is refused a
 Version 5 has version 4's layout; in it the guard of a mean-scale or joint model has
 an absolute margin at small scales (``absolute_margin(λ)``, from the file's λ), and its
 hash-mode threshold widens with it (:attr:`Container.absolute_margin`,
-``varicodec.models.codec_model``); hyperprior files differ only in this byte.
+``varicodec.models.guard``); hyperprior files differ only in this byte.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -70,7 +70,7 @@ __all__ = [
 MAGIC = b"VCD"
 FORMAT_VERSION = 5
 #: versions this reader decodes; version 1 has no guard stream (no symbol check);
-#: version 4 on may hold a hash-mode guard stream (varicodec.models.codec_model._hash_tail)
+#: version 4 on may hold a hash-mode guard stream (varicodec.models.guard.hash_tail)
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
 #: the first version whose joint-model y stream is in wavefront order
 #: (varicodec.models.wavefront); versions 1-2 hold CompressAI's sequential order.
