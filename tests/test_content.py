@@ -113,8 +113,30 @@ def test_demo_runs_on_the_photo(tmp_path, measured):
     for row, q in zip(rows, (1, 8)):
         bpp, psnr_db = float(row[3]), float(row[4])
         assert abs(bpp / measured[q][0] - 1) <= BPP_BAND and psnr_db >= measured[q][1] - 0.5
-    assert MODEL in p.stdout and "128×96" in p.stdout
+        # JPEG and WebP beside it: files of about our size (the closest of their
+        # integer qualities; a 128×96 crop leaves them steps of a few %), decoded
+        ours, jpeg, webp = int(row[2]), int(row[7]), int(row[9])
+        assert abs(jpeg / ours - 1) < 0.15 and abs(webp / ours - 1) < 0.15, row
+        assert 20 < float(row[8]) < 60 and 20 < float(row[10]) < 60, row
+    assert MODEL in p.stdout and "128×96" in p.stdout and "JPEG 4:2:0" in p.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_demo_codes_a_real_photo_by_default(monkeypatch):
+    """Without an image the demo codes Matplotlib's photo of Grace Hopper, and the
+    synthetic picture only where that file is missing, saying why."""
+    from varicodec import demo
+    from varicodec.serve import samples
+
+    photo, what = demo._default_image()
+    assert photo.shape == (600, 512, 3) and "Grace Hopper" in what
+
+    def missing(name):
+        raise ValueError(f"sample {name!r} is not available here (gone)")
+
+    monkeypatch.setattr(samples, "load_sample", missing)
+    picture, what = demo._default_image()
+    assert np.array_equal(picture, demo.synthetic_image()) and "not available" in what
 
 
 def test_shared_data_codes(data_dir):
