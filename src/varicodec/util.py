@@ -118,17 +118,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    _UNFINISHED.add(tmp)
-    try:
+    try:  # at once: a Ctrl-C from here on leaves no temporary file behind
+        tmp = Path(name)
+        _UNFINISHED.add(tmp)
+        os.close(fd)
         write(tmp)
         # after writing: mkstemp makes 0600, and so does safetensors, which replaces the file
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
-        _UNFINISHED.discard(tmp)
+        Path(name).unlink(missing_ok=True)
+        _UNFINISHED.discard(Path(name))
     return path
 
 
