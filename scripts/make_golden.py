@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
 sys.path.insert(0, str(ROOT / "tests"))
 
+from icc_profiles import matrix_profile  # noqa: E402 - the tests' ICC profile builder
 from tiny_models import texture, wake  # noqa: E402 - the tests' own tiny-model recipe
 
 from varicodec.codec import decode_image, encode  # noqa: E402
@@ -56,14 +57,16 @@ WEIGHTS = f"{MODEL}-tiny.safetensors"
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One golden file: format ``version``, image ``mode`` (RGB, RGBA, L), quality,
-    and how the guard stream names its latents (``VaricodecModel.compress``'s
-    ``guard_mode``; ``"auto"``: as the writer of that version did)."""
+    how the guard stream names its latents (``VaricodecModel.compress``'s
+    ``guard_mode``; ``"auto"``: as the writer of that version did), and whether the
+    image carries a (non-sRGB) ICC profile."""
 
     name: str
     version: int
     mode: str = "RGB"
     quality: float = 4.0
     guard_mode: str = "auto"
+    icc: bool = False
 
 
 #: one entry per readable format version (and the image kinds worth pinning)
@@ -79,6 +82,8 @@ ENTRIES = (
     Entry("v4-hash", 4, quality=2.9, guard_mode="hash"),
     # version 5: the joint model's guard with an absolute margin (Container.absolute_margin)
     Entry("v5-rgb", 5),
+    # version 6: version 5 plus the ICC profile stream (written only with a profile)
+    Entry("v6-icc", 6, icc=True),
 )
 
 
@@ -92,14 +97,18 @@ def tiny_golden_model():
     return model
 
 
-def golden_image(mode: str) -> Image.Image:
-    """A 90×100 picture (not a multiple of 64: the codec pads and crops)."""
+def golden_image(mode: str, icc: bool = False) -> Image.Image:
+    """A 90×100 picture (not a multiple of 64: the codec pads and crops); ``icc``: with a
+    wide-gamut RGB profile (tests/icc_profiles.py)."""
     rgb = (texture(128, 128, seed=3)[0].permute(1, 2, 0).numpy() * 255).round()
     img = Image.fromarray(rgb.astype(np.uint8)[:100, :90])
     if mode == "RGBA":
         alpha = np.where(np.add.outer(np.arange(100), np.arange(90)) % 37 < 20, 255, 40)
         img.putalpha(Image.fromarray(alpha.astype(np.uint8)))
-    return img.convert(mode)
+    img = img.convert(mode)
+    if icc:
+        img.info["icc_profile"] = matrix_profile("varicodec golden wide-gamut RGB")
+    return img
 
 
 def recode(data: bytes, model, image: Image.Image, version: int,
@@ -172,7 +181,7 @@ def write(folder: Path) -> dict:
     for e in ENTRIES:
         if e.version > FORMAT_VERSION:
             raise SystemExit(f"{e.name}: this writer only knows versions up to {FORMAT_VERSION}")
-        image = golden_image(e.mode)
+        image = golden_image(e.mode, e.icc)
         data = recode(encode(image, model, quality=e.quality), model, image, e.version,
                       e.guard_mode)
         assert data[3] == e.version
@@ -180,7 +189,7 @@ def write(folder: Path) -> dict:
         decoded, symbols, distinct = decode_with_symbols(data, model)
         decoded.save(folder / f"{e.name}.png")
         entries[e.name] = {
-            "version": e.version, "mode": e.mode, "quality": e.quality,
+            "version": e.version, "mode": e.mode, "quality": e.quality, "icc": e.icc,
             "size": list(decoded.size), "bytes": len(data),
             "vcd_sha256": hashlib.sha256(data).hexdigest(),
             "symbols_sha256": symbols, "distinct_symbols": distinct,

@@ -61,6 +61,9 @@ def test_golden_file_decodes_as_recorded(name, model):
     expected = Image.open(GOLDEN / f"{name}.png")
     assert image.mode == expected.mode == want["mode"]
     assert list(image.size) == want["size"]
+    # version 6: the profile comes back (the golden PNG holds what the decoder returned)
+    assert image.info.get("icc_profile") == expected.info.get("icc_profile")
+    assert bool(image.info.get("icc_profile")) == want.get("icc", False)
     diff = np.abs(np.asarray(image, np.int16) - np.asarray(expected, np.int16))
     # same symbols; the pixels may move by float noise between machines (docs/design.md)
     assert diff.max() <= 2 and (diff > 0).mean() < 0.01

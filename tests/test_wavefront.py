@@ -14,7 +14,7 @@ from conftest import load_benchmark
 from tiny_models import MIN_DISTINCT, coded_symbols, texture, tiny_model
 
 from varicodec.codec.api import decode_image, encode_image
-from varicodec.codec.format import FORMAT_VERSION, WAVEFRONT_VERSION, Container
+from varicodec.codec.format import PLAIN_VERSION, WAVEFRONT_VERSION, Container
 from varicodec.errors import DesyncError, FormatError
 from varicodec.imageio import pad_to_multiple, to_tensor
 from varicodec.models.wavefront import WavefrontCoder, wavefront_slope, wavefronts
@@ -188,7 +188,7 @@ def files():
 
 def test_version_2_files_still_decode(files):
     model, rgb, new, old = files
-    assert new[3] == FORMAT_VERSION >= WAVEFRONT_VERSION == 3 and old[3] == 2
+    assert new[3] == PLAIN_VERSION >= WAVEFRONT_VERSION == 3 and old[3] == 2
     assert Container.unpack(old).coding_order == "sequential"
     assert Container.unpack(new).coding_order == "wavefront"
     a, _ = decode_image(new, model)

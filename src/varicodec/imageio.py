@@ -13,6 +13,8 @@ RGBA, LA, PA, P    colour as above plus the alpha plane (``alpha``), which the
 with transparency  codec keeps losslessly
 CMYK, LAB, HSV     converted to RGB by Pillow — with a warning (approximate)
 EXIF orientation   applied (pixels rotated/flipped, tag dropped)
+ICC profile        kept in ``icc`` when it describes the result (RGB or gray); a
+                   malformed or mismatched one is dropped with a warning
 multi-frame        first frame only — with a warning
 =================  ============================================================
 
@@ -56,11 +58,13 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray
 @dataclass
 class SourceImage:
     """An image ready to code: ``rgb`` is ``H×W×3`` uint8 (gray replicated),
-    ``alpha`` an ``H×W`` uint8 plane or ``None``."""
+    ``alpha`` an ``H×W`` uint8 plane or ``None``, ``icc`` the ICC profile its pixels
+    are in (RGB, or gray for a gray image), or ``None`` (sRGB assumed)."""
 
     rgb: np.ndarray
     gray: bool = False
     alpha: np.ndarray | None = None
+    icc: bytes | None = None
 
     @property
     def height(self) -> int:
@@ -118,6 +122,32 @@ def _gray_to_uint8(a: np.ndarray, what: str, bits16: bool = False) -> np.ndarray
 
 
 def _from_pil(im: Image.Image, what: str, max_pixels: int) -> SourceImage:
+    profile = im.info.get("icc_profile")
+    src = _pixels_from_pil(im, what, max_pixels)
+    if profile and im.mode not in ("CMYK", "LAB", "HSV"):  # those were converted to RGB
+        src.icc = _matching_profile(profile, src.gray, what)
+    return src
+
+
+def _matching_profile(profile: bytes, gray: bool, what: str) -> bytes | None:
+    """``profile`` if it is a well-formed ICC profile of the image's colour space;
+    otherwise ``None``, with a warning (the pixels are then read as sRGB)."""
+    from .icc import check_profile
+
+    try:
+        space = check_profile(bytes(profile))
+    except ValueError as e:
+        _warn(f"{what}: {e}; colours read as sRGB")
+        return None
+    want = "GRAY" if gray else "RGB"
+    if space != want:
+        _warn(f"{what}: an ICC profile for {space} colours on a {want} image; "
+              "colours read as sRGB")
+        return None
+    return bytes(profile)
+
+
+def _pixels_from_pil(im: Image.Image, what: str, max_pixels: int) -> SourceImage:
     check_size(*im.size, max_pixels)
     if getattr(im, "n_frames", 1) > 1:
         _warn(f"{what}: {im.n_frames} frames, only the first is coded")
@@ -220,9 +250,16 @@ def to_pil(rgb: np.ndarray, gray: bool = False, alpha: np.ndarray | None = None)
     return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
+#: the output formats that store an ICC profile (Pillow's ``icc_profile`` option)
+ICC_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "AVIF")
+
+
 def save_image(image: Image.Image, fp: str | os.PathLike | IO[bytes],
                fmt: str | None = None) -> None:
-    """Write ``image``; the format comes from ``fmt`` or the file extension (PNG lossless)."""
+    """Write ``image``; the format comes from ``fmt`` or the file extension (PNG lossless).
+
+    An ICC profile in ``image.info["icc_profile"]`` (a decoded file's) is written with it;
+    a format that cannot store one gets the pixels with a warning."""
     if fmt is None:
         ext = os.path.splitext(os.fspath(fp))[1].lower() if not hasattr(fp, "write") else ".png"
         fmt = Image.registered_extensions().get(ext)
@@ -230,7 +267,12 @@ def save_image(image: Image.Image, fp: str | os.PathLike | IO[bytes],
             raise ValueError(f"unknown image file extension {ext!r} (use .png)")
     if fmt == "JPEG" and image.mode in ("LA", "RGBA"):
         raise ValueError("JPEG cannot hold an alpha channel; write .png instead")
-    image.save(fp, format=fmt)
+    profile = image.info.get("icc_profile")
+    if profile and fmt not in ICC_FORMATS:
+        _warn(f"{fmt} cannot hold the image's ICC colour profile: written without it, "
+              "so its colours will be read as sRGB (write .png to keep it)")
+        profile = None
+    image.save(fp, format=fmt, **({"icc_profile": profile} if profile else {}))
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -38,7 +38,7 @@ from ..models.refine import check_refinable, check_steps, fixed_latents, refine_
 from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda
 from ..util import trim_freed_memory
-from .format import FORMAT_VERSION, HASH_GUARD_VERSION, Container
+from .format import HASH_GUARD_VERSION, ICC_VERSION, PLAIN_VERSION, Container
 from .header import info
 from .pretrained import ModelSpec, fingerprint, resolve_model
 from .rate_control import RateControlReport, RateTargetError, check_tolerance, search_lmbda_code
@@ -67,6 +67,8 @@ class EncodeResult:
     seconds: float
     overhead_bytes: int
     rate_control: RateControlReport | None = None
+    #: bytes of the ICC profile the file carries (0: none; sRGB is never carried)
+    icc_bytes: int = 0
 
     @property
     def bpp(self) -> float:
@@ -100,6 +102,17 @@ def _unpack_alpha(data: bytes | None, width: int, height: int) -> np.ndarray | N
         raise FormatError("corrupted alpha stream")
     filtered = np.frombuffer(raw, np.uint8).reshape(height, width)
     return np.cumsum(filtered, axis=1, dtype=np.uint8)
+
+
+def _stored_icc(src: SourceImage, keep: bool) -> bytes | None:
+    """The ICC profile stream a file of ``src`` carries: its profile, compressed,
+    unless there is none, ``keep`` is off or the profile is sRGB-equivalent
+    (:mod:`varicodec.icc`)."""
+    from ..icc import is_srgb, pack_icc
+
+    if not keep or src.icc is None or is_srgb(src.icc):
+        return None
+    return pack_icc(src.icc)
 
 
 def _z_shape(model: VaricodecModel, width: int, height: int) -> tuple[int, int]:
@@ -149,8 +162,9 @@ class _Coder:
     """One image and one model: code at a λ, measure the result."""
 
     def __init__(self, model: VaricodecModel, src: SourceImage, refine: int = 0,
-                 progress: bool = False, refine_options: dict | None = None) -> None:
-        self.model, self.src = model, src
+                 progress: bool = False, refine_options: dict | None = None,
+                 icc: bytes | None = None) -> None:
+        self.model, self.src, self.icc = model, src, icc
         self.refine, self.progress = refine, progress
         self.refine_options = refine_options or {}
         self.fp = fingerprint(model)
@@ -175,6 +189,7 @@ class _Coder:
             model_name=m.name, fingerprint=self.fp, width=self.src.width,
             height=self.src.height, y=s[0][0], z=s[1][0], side=s[2][0] if m.gated else b"",
             alpha=self.alpha, gray=self.src.gray, lmbda_code=out["lmbda_code"], guard=s[-1][0],
+            icc=self.icc,
         )
 
     def _refined(self, lmbda: float | None) -> dict:
@@ -254,6 +269,7 @@ def encode_image(
     refine: int = 0,
     progress: bool = False,
     refine_options: dict | None = None,
+    keep_icc: bool = True,
 ) -> EncodeResult:
     """Encode ``image`` and report rate, distortion and rate control.
 
@@ -274,6 +290,9 @@ def encode_image(
     a bpp/psnr target); ``progress`` shows their progress on stderr;
     ``refine_options``: keyword arguments of :func:`~varicodec.models.refine.refine_latents`
     (``lr``, ``seed``, ``rounding``; for experiments).
+    ``keep_icc``: carry the image's ICC colour profile (format version 6), unless it is
+    sRGB-equivalent (:mod:`varicodec.icc`); ``False`` drops it (the colours are then
+    read as sRGB).
     """
     t0 = time.perf_counter()
     _check_rate_options(lmbda, quality, bpp, psnr, tolerance)
@@ -291,8 +310,9 @@ def encode_image(
     if refine:
         check_refinable(m)
     side = choose_tile(src.width, src.height, tile)
-    coder = (_Coder(m, src, refine, progress, refine_options) if side is None
-             else _TiledCoder(m, src, side, tile_margin, refine, progress, refine_options))
+    icc = _stored_icc(src, keep_icc)
+    coder = (_Coder(m, src, refine, progress, refine_options, icc) if side is None
+             else _TiledCoder(m, src, side, tile_margin, refine, progress, refine_options, icc))
     return _encode_with(coder, m, src, lmbda=lmbda, quality=quality, bpp=bpp, psnr=psnr,
                         tolerance=tolerance, strict=strict, compute_psnr=compute_psnr, t0=t0)
 
@@ -332,10 +352,13 @@ def _encode_with(coder: _Coder | _TiledCoder, m: VaricodecModel, src: SourceImag
         data=data, width=src.width, height=src.height, mode=src.mode, model=m.name, lmbda=lm,
         lmbda_code=result.lmbda_code, psnr_db=quality_db, seconds=time.perf_counter() - t0,
         overhead_bytes=result.overhead, rate_control=report,
+        icc_bytes=0 if result.icc is None else len(result.icc),
     )
 
 
 def _crop(src: SourceImage, rect: tuple[int, int, int, int]) -> SourceImage:
+    """The pixels of ``src`` in ``rect``; its ICC profile goes in the tiled file's
+    outer header, not in each tile."""
     y0, y1, x0, x1 = rect
     return SourceImage(rgb=src.rgb[y0:y1, x0:x1], gray=src.gray,
                        alpha=None if src.alpha is None else src.alpha[y0:y1, x0:x1])
@@ -352,8 +375,9 @@ class _TiledCoder:
 
     def __init__(self, model: VaricodecModel, src: SourceImage, side: int, margin: int,
                  refine: int = 0, progress: bool = False,
-                 refine_options: dict | None = None) -> None:
+                 refine_options: dict | None = None, icc: bytes | None = None) -> None:
         self.model, self.src, self.side, self.margin = model, src, side, margin
+        self.icc = icc
         self.refine, self.progress, self.refine_options = refine, progress, refine_options
         self.grid = tile_grid(src.width, src.height, side, margin)
 
@@ -366,11 +390,12 @@ class _TiledCoder:
             tiles.append(coder.code(lmbda, code).pack())
             trim_freed_memory()
         m = self.model
-        return TiledFile(version=FORMAT_VERSION, model_name=m.name, fingerprint=fingerprint(m),
+        return TiledFile(version=PLAIN_VERSION if self.icc is None else ICC_VERSION,
+                         model_name=m.name, fingerprint=fingerprint(m),
                          width=self.src.width, height=self.src.height, gray=self.src.gray,
                          alpha=self.src.alpha is not None,
                          lmbda_code=Container.unpack(tiles[0]).lmbda_code, tile=self.side,
-                         margin=self.margin, tiles=tiles)
+                         margin=self.margin, tiles=tiles, icc=self.icc)
 
     def searching(self):
         """Context for a rate-control search (each trial codes every tile again)."""
@@ -459,7 +484,16 @@ def decode_image(data: bytes, model: ModelSpec = None, *,
     _check_padded(m, c, max_pixels)
     with torch.inference_mode():
         rgb = _reconstruct(m, c)
-    return to_pil(rgb, gray=c.gray, alpha=_unpack_alpha(c.alpha, c.width, c.height)), c
+    image = to_pil(rgb, gray=c.gray, alpha=_unpack_alpha(c.alpha, c.width, c.height))
+    return _with_profile(image, c.icc_profile()), c
+
+
+def _with_profile(image: Image.Image, profile: bytes | None) -> Image.Image:
+    """``image`` with the file's ICC profile in ``info["icc_profile"]``, where Pillow
+    looks for it when saving (:func:`varicodec.imageio.save_image` writes it)."""
+    if profile is not None:
+        image.info["icc_profile"] = profile
+    return image
 
 
 def _decode_tiled(f: TiledFile, model: ModelSpec,
@@ -482,7 +516,7 @@ def _decode_tiled(f: TiledFile, model: ModelSpec,
             trim_freed_memory()
             if alpha is not None:
                 alpha[cy0:cy1, cx0:cx1] = _core(t, _unpack_alpha(c.alpha, c.width, c.height))
-    return to_pil(rgb, gray=f.gray, alpha=alpha), f
+    return _with_profile(to_pil(rgb, gray=f.gray, alpha=alpha), f.icc_profile()), f
 
 
 def decode(data: bytes, model: ModelSpec = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "gradient steps before coding (e.g. 50; about 0.8 s per step for a "
                      "Kodak image on 2 cores; not with --bpp/--psnr or joint models); the "
                      "decoder is unchanged (default 0: off)")
+    enc.add_argument("--no-icc", dest="keep_icc", action="store_false",
+                     help="drop the image's ICC colour profile (its colours are then read as "
+                     "sRGB); by default a profile other than sRGB is carried in the file")
     enc.add_argument("--strict", action="store_true",
                      help="a --bpp/--psnr target missed by more than the tolerance is an error: "
                      "no file, exit 3 (default: write the closest result and warn on stderr)")
@@ -195,7 +198,8 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
         warnings.simplefilter("always")
         r = encode_image(src, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
                          psnr=args.psnr, tolerance=args.tolerance, strict=args.strict,
-                         tile=args.tile, refine=args.refine, progress=not args.quiet)
+                         tile=args.tile, refine=args.refine, progress=not args.quiet,
+                         keep_icc=args.keep_icc)
     _warn_lines([w for w in caught
                  if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))],
                 src)
@@ -208,7 +212,8 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
     lm = f"  lambda {r.lmbda:.5g}" + (f" (code {r.lmbda_code})" if r.lmbda_code is not None else "")
     line = (f"{src} -> {out}  {r.width}x{r.height} {r.mode}  {len(r.data)} B  "
             f"{r.bpp:.4f} bpp{_fmt_db(r.psnr_db)}{lm}  {r.seconds:.2f} s"
-            + (f"  (refined, {args.refine} steps)" if args.refine else ""))
+            + (f"  (refined, {args.refine} steps)" if args.refine else "")
+            + (f"  ICC profile {r.icc_bytes} B" if r.icc_bytes else ""))
     if rc is not None:
         line += "\n  " + rc.summary()
     record = {
@@ -217,6 +222,7 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
         "psnr_db": None if r.psnr_db is None or math.isinf(r.psnr_db) else r.psnr_db,
         "lmbda": r.lmbda, "lmbda_code": r.lmbda_code, "seconds": r.seconds,
         "rate_control": rc.as_dict() if rc is not None else None, "refine": args.refine,
+        "icc_bytes": r.icc_bytes,
     }
     return line, record
 
@@ -231,7 +237,10 @@ def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
         raise ValueError(f"unknown image file extension {out.suffix!r} for {out} (use .png)")
     data = _read_vcd(src)
     image, c = decode_image(data, args.model)
-    write_atomic(out, lambda f: save_image(image, f, fmt), args.force)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_atomic(out, lambda f: save_image(image, f, fmt), args.force)
+    _warn_lines([w for w in caught if issubclass(w.category, VaricodecWarning)], out)
     seconds = time.perf_counter() - t0
     bpp = len(data) * 8 / c.pixels
     line = f"{src} -> {out}  {c.width}x{c.height} {c.mode}  {bpp:.4f} bpp  {seconds:.2f} s"

@@ -4,8 +4,9 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
 
     offset  size  field
     0       3     magic  b"VCD"
-    3       1     format version (5; versions 1 to 4 are still read)
-    4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream; bits 3-7 zero
+    3       1     format version (6 with an ICC profile, else 5; versions 1 to 4 are still read)
+    4       1     flags: bit 0 gray, bit 1 alpha, bit 2 gate side stream, bit 4 ICC
+                  profile (version 6 on); bit 3 tiled (codec.tiles); bits 5-7 zero
     5       1     model id (registry name, table MODEL_IDS)
     6       8     weights fingerprint (varicodec.models.weights_fingerprint)
     14      2     image width  in pixels, 1..65535
@@ -15,7 +16,8 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
     ..      1     len(side)                      only if flag bit 2; 1..255
     ..      v     len(alpha)                     only if flag bit 1; varint
     ..      v     len(guard)                     varint; version 2 on
-    ..      ..    z, side, alpha, guard streams, y stream (y takes the rest)
+    ..      v     len(icc)                       only if flag bit 4; varint
+    ..      ..    z, side, alpha, guard, icc streams, y stream (y takes the rest)
     end-4   4     CRC-32 (zlib) of every byte before it
 
 The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉``
@@ -38,6 +40,10 @@ Version 5 has version 4's layout; in it the guard of a mean-scale or joint model
 an absolute margin at small scales (``absolute_margin(λ)``, from the file's λ), and its
 hash-mode threshold widens with it (:attr:`Container.absolute_margin`,
 ``varicodec.models.guard``); hyperprior files differ only in this byte.
+Version 6 is version 5 with an optional ICC profile stream (flag bit 4: the image's
+colour profile, zlib-compressed; :mod:`varicodec.icc`). The writer writes the lowest
+version that holds the file: 6 only for a file that carries a profile, so every other
+file stays readable by a version 5 reader.
 
 Parsing never allocates according to a declared size before checking it
 against the bytes present and the limits below; every problem is a
@@ -49,9 +55,10 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import FormatError
+from ..icc import unpack_icc
 from ..imageio import MAX_PIXELS, MAX_SIDE, check_size
 from ..models.registry import ARCHITECTURES, variant_flags
 
@@ -68,10 +75,11 @@ __all__ = [
 ]
 
 MAGIC = b"VCD"
-FORMAT_VERSION = 5
+#: the newest version this module reads and writes
+FORMAT_VERSION = 6
 #: versions this reader decodes; version 1 has no guard stream (no symbol check);
 #: version 4 on may hold a hash-mode guard stream (varicodec.models.guard.hash_tail)
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 #: the first version whose joint-model y stream is in wavefront order
 #: (varicodec.models.wavefront); versions 1-2 hold CompressAI's sequential order.
 #: The layout is version 2's; hyperprior and mean files differ only in this byte.
@@ -83,6 +91,10 @@ HASH_GUARD_VERSION = 4
 #: absolute margin (the kernels' noise there passed the relative margin;
 #: docs/results/portability.md)
 ABSOLUTE_MARGIN_VERSION = 5
+#: the first version that may carry an ICC profile (flag bit 4)
+ICC_VERSION = 6
+#: what a file without an ICC profile is written as (the newest version without one)
+PLAIN_VERSION = ABSOLUTE_MARGIN_VERSION
 
 #: registry name → model id byte, from the registry's append-only ``format_ids``
 MODEL_IDS: dict[str, int] = {
@@ -90,7 +102,7 @@ MODEL_IDS: dict[str, int] = {
 }
 MODEL_NAMES: dict[int, str] = {v: k for k, v in MODEL_IDS.items()}
 
-FLAG_GRAY, FLAG_ALPHA, FLAG_SIDE = 1, 2, 4
+FLAG_GRAY, FLAG_ALPHA, FLAG_SIDE, FLAG_ICC = 1, 2, 4, 16
 _KNOWN_FLAGS = FLAG_GRAY | FLAG_ALPHA | FLAG_SIDE
 _FIXED = struct.Struct(">3sBBB8sHH")  # magic … height: 18 bytes
 _MAX_VARINT_BYTES = 5
@@ -183,7 +195,10 @@ class Container:
     ``y``, ``z``: the entropy-coded latent and hyper-latent; ``side``: the gate
     masks of ``h_s`` (``b""`` when the decoder recomputes them); ``alpha``: the
     zlib-compressed alpha plane, or ``None``; ``guard``: the symbol check and the
-    explicit scale indexes (format version 2 on; ``None`` in a version 1 file).
+    explicit scale indexes (format version 2 on; ``None`` in a version 1 file);
+    ``icc``: the zlib-compressed ICC profile (:func:`varicodec.icc.pack_icc`), or
+    ``None``. ``version`` ``None`` (the default) is the lowest version that holds the
+    file: :data:`ICC_VERSION` with a profile, :data:`PLAIN_VERSION` without.
     """
 
     model_name: str
@@ -197,9 +212,13 @@ class Container:
     gray: bool = False
     lmbda_code: int | None = None
     guard: bytes | None = b""
-    version: int = field(default=FORMAT_VERSION)
+    version: int = None  # type: ignore[assignment]  # set in __post_init__
+    icc: bytes | None = None
 
     def __post_init__(self) -> None:
+        if self.version is None:
+            object.__setattr__(self, "version",
+                               ICC_VERSION if self.icc is not None else PLAIN_VERSION)
         check_size(self.width, self.height, error=ValueError)
         if self.model_name not in MODEL_IDS:
             raise ValueError(f"model {self.model_name!r} has no id in the .vcd format")
@@ -217,6 +236,8 @@ class Container:
             raise ValueError(f"cannot write .vcd format version {self.version}")
         if (self.guard is None) != (self.version == 1):
             raise ValueError("a guard stream is stored exactly in format versions 2 on")
+        if self.icc is not None and self.version < ICC_VERSION:
+            raise ValueError(f"an ICC profile is stored from format version {ICC_VERSION} on")
 
     # ------------------------------------------------------------------ info
     @property
@@ -240,10 +261,14 @@ class Container:
     def pixels(self) -> int:
         return self.width * self.height
 
+    def icc_profile(self) -> bytes | None:
+        """The ICC profile the image was encoded with (inflated), or ``None``."""
+        return None if self.icc is None else unpack_icc(self.icc)
+
     def header(self) -> bytes:
         """Everything before the payloads."""
         flags = (FLAG_GRAY * self.gray) | (FLAG_ALPHA * (self.alpha is not None)) \
-            | (FLAG_SIDE * bool(self.side))
+            | (FLAG_SIDE * bool(self.side)) | (FLAG_ICC * (self.icc is not None))
         out = bytearray(_FIXED.pack(MAGIC, self.version, flags, MODEL_IDS[self.model_name],
                                     self.fingerprint, self.width, self.height))
         if self.lmbda_code is not None:
@@ -255,6 +280,8 @@ class Container:
             out += write_varint(len(self.alpha))
         if self.guard is not None:
             out += write_varint(len(self.guard))
+        if self.icc is not None:
+            out += write_varint(len(self.icc))
         return bytes(out)
 
     @property
@@ -268,12 +295,14 @@ class Container:
             sizes["alpha"] = len(self.alpha)
         if self.guard is not None:
             sizes["guard"] = len(self.guard)
+        if self.icc is not None:
+            sizes["icc"] = len(self.icc)
         return sizes
 
     # ------------------------------------------------------------ bytes I/O
     def pack(self) -> bytes:
         body = b"".join([self.header(), self.z, self.side, self.alpha or b"", self.guard or b"",
-                         self.y])
+                         self.icc or b"", self.y])
         return body + struct.pack(">I", zlib.crc32(body))
 
     @classmethod
@@ -301,8 +330,8 @@ class Container:
         end = len(data) - 4  # the CRC
         if end < _FIXED.size:
             raise FormatError("file is truncated (shorter than a .vcd header)")
-        flags, name, fp, width, height, code, pos = read_fixed_fields(
-            data, end, _KNOWN_FLAGS, max_pixels)
+        known = _KNOWN_FLAGS | (FLAG_ICC if version >= ICC_VERSION else 0)
+        flags, name, fp, width, height, code, pos = read_fixed_fields(data, end, known, max_pixels)
         z_len, pos = read_varint(data, pos, end)
         side_len = 0
         if flags & FLAG_SIDE:
@@ -320,7 +349,10 @@ class Container:
         guard_len = None
         if version >= 2:
             guard_len, pos = read_varint(data, pos, end)
-        declared = z_len + side_len + (alpha_len or 0) + (guard_len or 0)
+        icc_len = None
+        if flags & FLAG_ICC:
+            icc_len, pos = read_varint(data, pos, end)
+        declared = z_len + side_len + (alpha_len or 0) + (guard_len or 0) + (icc_len or 0)
         if pos + declared > end:
             raise FormatError("file is truncated (streams shorter than their declared lengths)")
         (crc,) = struct.unpack_from(">I", data, end)
@@ -338,6 +370,12 @@ class Container:
         if guard_len is not None:
             guard = data[pos:pos + guard_len]
             pos += guard_len
-        return cls(model_name=name, fingerprint=fp, width=width, height=height,
-                   y=data[pos:end], z=z, side=side, alpha=alpha, gray=bool(flags & FLAG_GRAY),
-                   lmbda_code=code, guard=guard, version=version)
+        icc = None
+        if icc_len is not None:
+            icc = data[pos:pos + icc_len]
+            pos += icc_len
+        c = cls(model_name=name, fingerprint=fp, width=width, height=height,
+                y=data[pos:end], z=z, side=side, alpha=alpha, gray=bool(flags & FLAG_GRAY),
+                lmbda_code=code, guard=guard, version=version, icc=icc)
+        c.icc_profile()  # a malformed profile stream is a damaged file, found here
+        return c

@@ -48,6 +48,11 @@ def info(data: bytes, model=None) -> dict:
         "gate_side_stream": side,
         "bpp": len(data) * 8 / c.pixels,
     }
+    profile = c.icc_profile()
+    if profile is not None:
+        from ..icc import describe
+
+        d["icc_profile"] = f"{describe(profile)} ({len(profile)} B, stored in {len(c.icc)} B)"
     if isinstance(c, TiledFile):
         d["tiles"] = {"count": len(c.tiles), "tile": c.tile, "margin": c.margin}
     if c.lmbda_code is not None:

@@ -13,9 +13,11 @@ against the interior).
 Layout (``docs/FORMAT.md``, "Tiled files"): the fixed 18-byte header of the
 ``.vcd`` format with flag bit 3 (tiled) set and bits 0-1 as the image's (gray,
 alpha), the λ code of a variable-rate model, then ``tile`` (2 bytes),
-``margin`` (1 byte), the tile count (varint), and for each tile, row-major,
-``varint length + a complete .vcd file`` of the widened tile (its own header
-and CRC; same model, weights and λ code), then the CRC-32 of everything before.
+``margin`` (1 byte), the tile count (varint), with flag bit 4 (version 6 on) the
+image's ICC profile (``varint length + zlib stream``, :mod:`varicodec.icc`), and for
+each tile, row-major, ``varint length + a complete .vcd file`` of the widened tile
+(its own header and CRC; same model, weights and λ code; no profile), then the CRC-32
+of everything before.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import FormatError
+from ..icc import unpack_icc
 from ..imageio import MAX_PIXELS
 from .format import (
     _FIXED,
     FLAG_ALPHA,
     FLAG_GRAY,
+    FLAG_ICC,
+    ICC_VERSION,
     MAGIC,
     MODEL_IDS,
     READABLE_VERSIONS,
@@ -98,7 +103,8 @@ def is_tiled(data: bytes) -> bool:
 
 @dataclass(frozen=True)
 class TiledFile:
-    """A tiled file's outer header and its tiles' ``.vcd`` bytes (row-major)."""
+    """A tiled file's outer header and its tiles' ``.vcd`` bytes (row-major); ``icc``:
+    the image's zlib-compressed ICC profile, or ``None``."""
 
     version: int
     model_name: str
@@ -111,6 +117,15 @@ class TiledFile:
     tile: int
     margin: int
     tiles: list[bytes]
+    icc: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.icc is not None and self.version < ICC_VERSION:
+            raise ValueError(f"an ICC profile is stored from format version {ICC_VERSION} on")
+
+    def icc_profile(self) -> bytes | None:
+        """The ICC profile the image was encoded with (inflated), or ``None``."""
+        return None if self.icc is None else unpack_icc(self.icc)
 
     @property
     def mode(self) -> str:
@@ -124,7 +139,8 @@ class TiledFile:
         return tile_grid(self.width, self.height, self.tile, self.margin)
 
     def header(self) -> bytes:
-        flags = FLAG_TILED | (FLAG_GRAY * self.gray) | (FLAG_ALPHA * self.alpha)
+        flags = FLAG_TILED | (FLAG_GRAY * self.gray) | (FLAG_ALPHA * self.alpha) \
+            | (FLAG_ICC * (self.icc is not None))
         out = bytearray(_FIXED.pack(MAGIC, self.version, flags, MODEL_IDS[self.model_name],
                                     self.fingerprint, self.width, self.height))
         if self.lmbda_code is not None:
@@ -135,10 +151,13 @@ class TiledFile:
     @property
     def overhead(self) -> int:
         """Outer header, length fields and CRC (each tile's own header is in ``tiles``)."""
-        return len(self.header()) + sum(len(write_varint(len(t))) for t in self.tiles) + 4
+        icc = 0 if self.icc is None else len(write_varint(len(self.icc)))
+        return len(self.header()) + icc + sum(len(write_varint(len(t))) for t in self.tiles) + 4
 
     def pack(self) -> bytes:
         parts = [self.header()]
+        if self.icc is not None:
+            parts += [write_varint(len(self.icc)), self.icc]
         for t in self.tiles:
             parts += [write_varint(len(t)), t]
         body = b"".join(parts)
@@ -155,8 +174,8 @@ class TiledFile:
         if version not in READABLE_VERSIONS or version < 2:
             raise FormatError(f"tiled file with format version {version} (needs 2 or newer "
                               f"than this varicodec reads)")
-        flags, name, fp, width, height, code, pos = read_fixed_fields(
-            data, end, FLAG_TILED | FLAG_GRAY | FLAG_ALPHA, max_pixels)
+        known = FLAG_TILED | FLAG_GRAY | FLAG_ALPHA | (FLAG_ICC if version >= ICC_VERSION else 0)
+        flags, name, fp, width, height, code, pos = read_fixed_fields(data, end, known, max_pixels)
         if pos + 3 > end:
             raise FormatError("file is truncated (inside the header)")
         tile, margin = struct.unpack_from(">HB", data, pos)
@@ -168,6 +187,13 @@ class TiledFile:
         if count != expected:
             raise FormatError(f"corrupted header ({count} tiles for a {width}×{height} image "
                               f"in {tile}-pixel tiles; expected {expected})")
+        icc = None
+        if flags & FLAG_ICC:
+            n, pos = read_varint(data, pos, end)
+            if pos + n > end:
+                raise FormatError("file is truncated (inside the ICC profile)")
+            icc = data[pos:pos + n]
+            pos += n
         tiles = []
         for _ in range(count):
             n, pos = read_varint(data, pos, end)
@@ -180,9 +206,11 @@ class TiledFile:
         (crc,) = struct.unpack_from(">I", data, end)
         if zlib.crc32(data[:end]) != crc:
             raise FormatError("file is corrupted or truncated (CRC-32 mismatch)")
-        return cls(version=version, model_name=name, fingerprint=fp, width=width,
-                   height=height, gray=bool(flags & FLAG_GRAY), alpha=bool(flags & FLAG_ALPHA),
-                   lmbda_code=code, tile=tile, margin=margin, tiles=tiles)
+        f = cls(version=version, model_name=name, fingerprint=fp, width=width,
+                height=height, gray=bool(flags & FLAG_GRAY), alpha=bool(flags & FLAG_ALPHA),
+                lmbda_code=code, tile=tile, margin=margin, tiles=tiles, icc=icc)
+        f.icc_profile()  # a malformed profile stream is a damaged file, found here
+        return f
 
     def stream_sizes(self) -> dict[str, int]:
         """Total bytes per stream kind over all tiles (each tile's own header excluded)."""
@@ -192,4 +220,6 @@ class TiledFile:
         for t in self.tiles:
             for k, v in Container.unpack(t, MAX_PIXELS).stream_sizes().items():
                 sizes[k] = sizes.get(k, 0) + v
+        if self.icc is not None:
+            sizes["icc"] = len(self.icc)
         return sizes
