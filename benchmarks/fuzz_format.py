@@ -55,7 +55,23 @@ def seed_files(model: VaricodecModel, rng: np.random.Generator) -> list[bytes]:
             img[..., 3] = np.where(rng.random((h, w)) < 0.5, 255, 0)
         q = float(rng.uniform(1, 8)) if model.variable_rate else None
         files.append(encode(img, model, quality=q))
+    files.append(_with_icc(files[1]))
     return files
+
+
+def _with_icc(data: bytes) -> bytes:
+    """``data`` as format version 6 with an ICC profile stream (LittleCMS's sRGB profile:
+    the encoder itself never carries an sRGB one, but the parser must read any)."""
+    import dataclasses
+
+    from PIL import ImageCms
+
+    from varicodec.codec.format import ICC_VERSION, Container
+    from varicodec.icc import pack_icc
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    c = Container.unpack(data)
+    return dataclasses.replace(c, version=ICC_VERSION, icc=pack_icc(profile)).pack()
 
 
 def mutate(data: bytes, others: list[bytes], rng: np.random.Generator,
