@@ -84,7 +84,11 @@ def test_pil_and_path_inputs(models, tmp_path):
     a = encode(Image.fromarray(img), models["vr"], quality=4)
     b = encode(p, models["vr"], quality=4)
     c = encode(str(p), models["vr"], quality=4)
-    assert a == b == c
+    d = encode(p.read_bytes(), models["vr"], quality=4)  # an image file's bytes
+    assert a == b == c == d
+    for bad, message in ((b"", "empty"), (b"GIF89a junk", "not an image")):
+        with pytest.raises(VaricodecError, match=message):
+            encode(bad, models["vr"], quality=4)
 
 
 def test_16bit_array_warns(models):

@@ -1,7 +1,10 @@
 """`varicodec encode | decode | info` in-process: every input kind, every bad input."""
 
+import io
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -417,3 +420,41 @@ def test_tiled_files_from_the_command_line(models, tmp_path, capsys):
         main(["encode", str(tmp_path / "a.png"), "--tile", "big"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--tile" in err
+
+
+def test_standard_input_and_output(models, tmp_path):
+    """``-`` reads standard input and writes standard output, end to end in real
+    processes (a pipe each way): the same file as from a path, the summary on stderr,
+    and a clean error, writing nothing, for what is not an image."""
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    png = (tmp_path / "a.png").read_bytes()
+    cmd = [sys.executable, "-m", "varicodec"]
+    model = ["--model", models["vr"]]
+
+    def pipe(*argv, data=b""):
+        return subprocess.run(cmd + list(argv), input=data, capture_output=True, timeout=300,
+                              cwd=tmp_path)
+
+    enc = pipe("encode", "-", "-o", "-", "--quality", "4", *model, data=png)
+    assert enc.returncode == 0, enc.stderr
+    assert main(["encode", str(tmp_path / "a.png"), "--quality", "4", *model]) == 0
+    assert enc.stdout == (tmp_path / "a.vcd").read_bytes()
+    assert enc.stderr.decode().startswith("standard input -> standard output  53x37 RGB")
+    dec = pipe("decode", "-", "-o", "-", *model, data=enc.stdout)
+    assert dec.returncode == 0, dec.stderr
+    assert main(["decode", str(tmp_path / "a.vcd"), *model]) == 0
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(dec.stdout))),
+                          np.asarray(Image.open(tmp_path / "a.vcd.png")))
+    info = pipe("info", "-", "--json", data=enc.stdout)
+    assert info.returncode == 0 and b'"width": 53' in info.stdout
+    before = listing(tmp_path)
+    for argv, data, message in (
+            (("encode", "-", "-o", "b.vcd"), b"not an image", "standard input: not an image"),
+            (("encode", "-", "-o", "b.vcd"), b"", "standard input: empty"),
+            (("encode", "-"), png, "name the output with -o"),
+            (("decode", "-", "-o", "b.png"), png, "standard input: not a varicodec file")):
+        r = pipe(*argv, *model, data=data)
+        err = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 2 and len(err) == 1 and message in err[0], (argv, err)
+        assert r.stdout == b""
+    assert listing(tmp_path) == before

@@ -24,6 +24,7 @@ pixel is decoded.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -52,9 +53,6 @@ __all__ = [
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
 
-ImageSource = str | os.PathLike | Image.Image | np.ndarray
-
-
 @dataclass
 class SourceImage:
     """An image ready to code: ``rgb`` is ``H×W×3`` uint8 (gray replicated),
@@ -81,6 +79,11 @@ class SourceImage:
     def pixels(self) -> np.ndarray:
         """The colour pixels as the user sees them: ``H×W`` for gray, else ``H×W×3``."""
         return self.rgb[..., 0] if self.gray else self.rgb
+
+
+#: what the encoder reads: a path, an image file's bytes, a Pillow image, a uint8 array
+#: or an image already read
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | SourceImage
 
 
 def _warn(message: str) -> None:
@@ -203,23 +206,37 @@ def _from_array(a: np.ndarray, max_pixels: int) -> SourceImage:
     return SourceImage(rgb, alpha=np.ascontiguousarray(a[..., 3]) if c == 4 else None)
 
 
-def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> SourceImage:
-    """Read a path, a Pillow image or a uint8 array (see the module table).
+def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS,
+               name: str = "image data") -> SourceImage:
+    """Read a path, an image file's bytes, a Pillow image or a uint8 array (see the
+    module table). ``name``: what messages call bytes (e.g. ``"standard input"``).
 
     Raises :class:`FileNotFoundError` or :class:`VaricodecError` with a
     one-line message for missing files and files that are not images.
     """
+    if isinstance(source, SourceImage):  # already read (e.g. with a name for its bytes)
+        check_size(source.width, source.height, max_pixels)
+        return source
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, Image.Image):
         return _from_pil(source, "image", max_pixels)
+    if isinstance(source, bytes | bytearray | memoryview):
+        if not len(source):
+            raise VaricodecError(f"{name}: empty, not an image")
+        return _open(io.BytesIO(source), name, max_pixels)
     path = os.fspath(source)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder, not an image")
+    return _open(path, path, max_pixels)
+
+
+def _open(fp: str | IO[bytes], path: str, max_pixels: int) -> SourceImage:
+    """Decode an image file (a path or a binary stream); ``path`` names it in messages."""
     try:
-        with Image.open(path) as im:
+        with Image.open(fp) as im:
             return _from_pil(im, path, max_pixels)
     except UnidentifiedImageError:
         raise VaricodecError(f"{path}: not an image (or not a format Pillow can read)") from None

@@ -428,7 +428,8 @@ def encode(
     psnr: float | None = None,
     refine: int = 0,
 ) -> bytes:
-    """Compress ``image`` (path, Pillow image or ``H×W×3`` uint8 array) to ``.vcd`` bytes.
+    """Compress ``image`` (a path, an image file's bytes, a Pillow image or an ``H×W×3``
+    uint8 array) to ``.vcd`` bytes.
 
     ``model``: a :class:`VaricodecModel`, a registry name, a ``.safetensors``
     path or ``None`` (bundled ``hyperprior-ecgbm``). Rate options and ``refine`` as

@@ -7,6 +7,10 @@ Outputs are written to a temporary file in the target folder and moved into
 place, so a failure never leaves a partial file; an existing output is
 refused unless ``--force``, and an input is never overwritten.
 
+``-`` as the input reads one image (or ``.vcd`` file) from standard input, as
+``-o`` writes the output to standard output (the summary line then goes to
+stderr): ``cat photo.jpg | varicodec encode - -o - > photo.vcd``.
+
 Exit codes: 0 done; 2 an error (one line on stderr per file, naming it);
 3 ``encode --strict`` missed a ``--bpp``/``--psnr`` target by more than the
 tolerance (no file written); 130 interrupted. ``--json`` prints one JSON
@@ -31,12 +35,14 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import FormatError, VaricodecError, VaricodecWarning
-from ..imageio import save_image
+from ..imageio import open_image, save_image
 from ..util import IMAGE_SUFFIXES, atomic_write, list_images
 from .format import MAGIC
 
 SUFFIX = ".vcd"
 DECODED_SUFFIX = ".png"
+#: the input or output name that means standard input / standard output
+STDIO = "-"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Compress an image to a .vcd file. Without a rate option a variable-rate "
         "model codes at quality 5.",
     )
-    enc.add_argument("input", help="image file or folder of images")
-    enc.add_argument("-o", "--output", help="output file or folder (default: IN with .vcd)")
+    enc.add_argument("input", help="image file or folder of images; - reads standard input")
+    enc.add_argument("-o", "--output", help="output file or folder (default: IN with .vcd); "
+                     "- writes standard output")
     enc.add_argument("--model", help="registry name or .safetensors path "
                      "(default: bundled hyperprior-ecgbm)")
     rate = enc.add_mutually_exclusive_group()
@@ -79,16 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decompress a .vcd file to an image (PNG unless -o names another "
         "extension). The weights are the bundled ones the file names unless --model is "
         "given; other weights are refused (the file records a fingerprint).")
-    dec.add_argument("input", help=".vcd file or folder of .vcd files")
+    dec.add_argument("input", help=".vcd file or folder of .vcd files; - reads standard input")
     dec.add_argument("-o", "--output", help="output image or folder (default: IN.png); the "
-                     "extension picks the format")
+                     "extension picks the format; - writes PNG to standard output")
     dec.add_argument("--model", help="registry name or .safetensors path "
                      "(default: the bundled weights named in the file)")
     _common(dec)
     dec.set_defaults(func=_cmd_decode, fast_exit=True)
 
     inf = sub.add_parser("info", help="show a .vcd file's header")
-    inf.add_argument("input", help=".vcd file")
+    inf.add_argument("input", help=".vcd file; - reads standard input")
     inf.add_argument("--model", help="weights whose lambda range turns the code into lambda")
     inf.add_argument("--json", action="store_true", help="print JSON")
     inf.set_defaults(func=_cmd_info, fast_exit=True)
@@ -124,7 +131,37 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None], force: 
     atomic_write(path, to_file)
 
 
+def _is_stdio(path: Path) -> bool:
+    return str(path) == STDIO
+
+
+def _shown(path: Path, stream: str = "input") -> str:
+    """How messages name a file: its path, or ``standard input`` / ``standard output``."""
+    return f"standard {stream}" if _is_stdio(path) else str(path)
+
+
+def _emit(out: Path, write: Callable[[io.BufferedWriter], None], force: bool) -> None:
+    """Write an output file atomically, or (``-``) to standard output in one piece:
+    ``write`` fills a buffer first, so a failure writes nothing."""
+    if not _is_stdio(out):
+        write_atomic(out, write, force)
+        return
+    buf = io.BytesIO()
+    write(buf)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.buffer.flush()
+
+
+def _stdin_bytes() -> bytes:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise VaricodecError("- reads standard input, which is a terminal here: pipe a file in")
+    return sys.stdin.buffer.read()
+
+
 def _check_output(src: Path, out: Path, force: bool) -> None:
+    if _is_stdio(out):
+        return
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     if out.is_dir():
@@ -137,6 +174,11 @@ def _check_output(src: Path, out: Path, force: bool) -> None:
 
 
 def _read_vcd(path: Path) -> bytes:
+    if _is_stdio(path):
+        data = _stdin_bytes()
+        if data[:len(MAGIC)] != MAGIC[:len(data[:len(MAGIC)])] or not data:
+            raise FormatError("standard input: not a varicodec file (bad magic; expected 'VCD')")
+        return data
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     if path.is_dir():
@@ -154,7 +196,12 @@ def _default_output(src: Path, decode: bool) -> Path:
 
 def _resolve_output(src: Path, output: str | None, decode: bool) -> Path:
     if output is None:
+        if _is_stdio(src):
+            raise VaricodecError("reading standard input: name the output with -o FILE "
+                                 "(or -o - for standard output)")
         return _default_output(src, decode)
+    if output == STDIO:
+        return Path(STDIO)
     out = Path(output)
     if out.is_dir():  # a folder as -o for one file: keep the default name, inside it
         return out / _default_output(src, decode).name
@@ -185,6 +232,8 @@ class _Failed(Exception):
 def _naming(path: Path, e: BaseException) -> str:
     """``e``'s message, starting with ``path`` exactly once."""
     text = str(e)
+    if _is_stdio(path):
+        return text if text.startswith("standard input") else f"standard input: {text}"
     if isinstance(e, OSError) and e.strerror and not e.filename and str(path) not in text:
         text = e.strerror
     return text if str(path) in text or path.name in text else f"{path}: {text}"
@@ -196,28 +245,31 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
     _check_output(src, out, args.force)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = encode_image(src, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
+        image = open_image(_stdin_bytes(), name="standard input") if _is_stdio(src) else src
+        r = encode_image(image, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
                          psnr=args.psnr, tolerance=args.tolerance, strict=args.strict,
                          tile=args.tile, refine=args.refine, progress=not args.quiet,
                          keep_icc=args.keep_icc)
     _warn_lines([w for w in caught
                  if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))],
                 src)
-    write_atomic(out, lambda f: f.write(r.data), args.force)
+    _emit(out, lambda f: f.write(r.data), args.force)
     rc = r.rate_control
     if rc is not None and not rc.converged:
         print(f"varicodec: warning: {src}: target missed: "
               f"{rc.summary().removeprefix('rate control: ')} (--strict makes this an error)",
               file=sys.stderr)
     lm = f"  lambda {r.lmbda:.5g}" + (f" (code {r.lmbda_code})" if r.lmbda_code is not None else "")
-    line = (f"{src} -> {out}  {r.width}x{r.height} {r.mode}  {len(r.data)} B  "
+    line = (f"{_shown(src)} -> {_shown(out, 'output')}  {r.width}x{r.height} {r.mode}  "
+            f"{len(r.data)} B  "
             f"{r.bpp:.4f} bpp{_fmt_db(r.psnr_db)}{lm}  {r.seconds:.2f} s"
             + (f"  (refined, {args.refine} steps)" if args.refine else "")
             + (f"  ICC profile {r.icc_bytes} B" if r.icc_bytes else ""))
     if rc is not None:
         line += "\n  " + rc.summary()
     record = {
-        "input": str(src), "output": str(out), "width": r.width, "height": r.height,
+        "input": _shown(src), "output": _shown(out, "output"), "width": r.width,
+        "height": r.height,
         "mode": r.mode, "model": r.model, "bytes": len(r.data), "bpp": r.bpp,
         "psnr_db": None if r.psnr_db is None or math.isinf(r.psnr_db) else r.psnr_db,
         "lmbda": r.lmbda, "lmbda_code": r.lmbda_code, "seconds": r.seconds,
@@ -232,19 +284,21 @@ def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
 
     t0 = time.perf_counter()
     _check_output(src, out, args.force)
-    fmt = Image.registered_extensions().get(out.suffix.lower())
+    fmt = "PNG" if _is_stdio(out) else Image.registered_extensions().get(out.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image file extension {out.suffix!r} for {out} (use .png)")
     data = _read_vcd(src)
     image, c = decode_image(data, args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        write_atomic(out, lambda f: save_image(image, f, fmt), args.force)
+        _emit(out, lambda f: save_image(image, f, fmt), args.force)
     _warn_lines([w for w in caught if issubclass(w.category, VaricodecWarning)], out)
     seconds = time.perf_counter() - t0
     bpp = len(data) * 8 / c.pixels
-    line = f"{src} -> {out}  {c.width}x{c.height} {c.mode}  {bpp:.4f} bpp  {seconds:.2f} s"
-    record = {"input": str(src), "output": str(out), "width": c.width, "height": c.height,
+    line = (f"{_shown(src)} -> {_shown(out, 'output')}  {c.width}x{c.height} {c.mode}  "
+            f"{bpp:.4f} bpp  {seconds:.2f} s")
+    record = {"input": _shown(src), "output": _shown(out, "output"), "width": c.width,
+              "height": c.height,
               "mode": c.mode, "model": c.model_name, "bytes": len(data), "bpp": bpp,
               "seconds": seconds}
     return line, record
@@ -265,11 +319,12 @@ def _one(src: Path, out: Path, args: argparse.Namespace, decode: bool) -> str:
 
 def _run(args: argparse.Namespace, decode: bool) -> int:
     src = Path(args.input)
-    if not src.exists():
+    if not _is_stdio(src) and not src.exists():
         raise FileNotFoundError(f"no such file or folder: {src}")
-    if not src.is_dir():
-        try:
-            print(_one(src, _resolve_output(src, args.output, decode), args, decode))
+    if _is_stdio(src) or not src.is_dir():
+        out = _resolve_output(src, args.output, decode)
+        try:  # with the file on standard output, what is said goes to stderr
+            print(_one(src, out, args, decode), file=sys.stderr if _is_stdio(out) else sys.stdout)
         except _Failed as e:
             print(f"varicodec: error: {e}", file=sys.stderr)
             return e.code
