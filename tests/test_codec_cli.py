@@ -458,3 +458,6 @@ def test_standard_input_and_output(models, tmp_path):
         assert r.returncode == 2 and len(err) == 1 and message in err[0], (argv, err)
         assert r.stdout == b""
     assert listing(tmp_path) == before
+    (tmp_path / "shots").mkdir()
+    r = pipe("encode", "shots", "-o", "-", *model)
+    assert r.returncode == 2 and b"standard output takes one file" in r.stderr

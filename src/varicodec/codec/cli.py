@@ -176,7 +176,7 @@ def _check_output(src: Path, out: Path, force: bool) -> None:
 def _read_vcd(path: Path) -> bytes:
     if _is_stdio(path):
         data = _stdin_bytes()
-        if data[:len(MAGIC)] != MAGIC[:len(data[:len(MAGIC)])] or not data:
+        if not data or not MAGIC.startswith(data[:len(MAGIC)]):
             raise FormatError("standard input: not a varicodec file (bad magic; expected 'VCD')")
         return data
     if not path.exists():
@@ -256,7 +256,7 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
     _emit(out, lambda f: f.write(r.data), args.force)
     rc = r.rate_control
     if rc is not None and not rc.converged:
-        print(f"varicodec: warning: {src}: target missed: "
+        print(f"varicodec: warning: {_shown(src)}: target missed: "
               f"{rc.summary().removeprefix('rate control: ')} (--strict makes this an error)",
               file=sys.stderr)
     lm = f"  lambda {r.lmbda:.5g}" + (f" (code {r.lmbda_code})" if r.lmbda_code is not None else "")
@@ -330,6 +330,8 @@ def _run(args: argparse.Namespace, decode: bool) -> int:
             return e.code
         return 0
     # a folder
+    if args.output == STDIO:
+        raise VaricodecError(f"{src} is a folder: standard output takes one file, not a folder")
     inputs = list_images(src, (SUFFIX,) if decode else IMAGE_SUFFIXES)
     if not inputs:
         raise VaricodecError(f"no {'.vcd files' if decode else 'images'} in {src}")
