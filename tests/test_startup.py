@@ -200,3 +200,14 @@ def test_inside_import_sees_module_code_only_while_it_loads(tmp_path, monkeypatc
     probe = importlib.import_module("probe_frames")
     assert probe.WHILE_LOADING and not probe.later()
     assert not _inside_import(sys._getframe()) and not _inside_import(None)
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """``varicodec models | head -1``: the reader leaves before the output is written;
+    the command ends with the status a shell gives SIGPIPE and says nothing (no
+    "error: [Errno 32] Broken pipe", no traceback from the final flush)."""
+    p = subprocess.Popen([sys.executable, "-m", "varicodec", "models"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the child has printed anything
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and err == b"", err

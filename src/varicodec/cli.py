@@ -144,7 +144,10 @@ def _exit_now(code: int) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: let the normal exit report it
+    except BrokenPipeError:  # the reader of our output left: end as _run does
+        _silence_stdout()
+        os._exit(141)
+    except (OSError, ValueError):  # another failure: let the normal exit report it
         return
     os._exit(code)
 
@@ -165,12 +168,26 @@ def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace]:
 def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of our output left (`varicodec demo | head -3`)
+        _silence_stdout()
+        return 141  # as a shell reports a command ended by SIGPIPE; nothing to say
     except (VaricodecError, ValueError, OSError) as e:  # OSError: missing, exists, disk full…
         print(f"varicodec: error: {e}", file=sys.stderr)
         return 2
     except MemoryError:
         print("varicodec: error: out of memory", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that the interpreter's last flush
+    of what is still buffered for a closed pipe raises nothing."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

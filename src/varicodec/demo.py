@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -64,6 +65,16 @@ def _default_image() -> tuple[np.ndarray, str]:
     return photo, "Grace Hopper's portrait (Matplotlib's sample, public domain)"
 
 
+def _weights(model) -> str:
+    """Where the model's weights came from: "bundled weights" or the file's path."""
+    from .models.registry import bundled_weights
+
+    source = getattr(model, "source", None)
+    if source is None or Path(source) == bundled_weights(model.name):
+        return "bundled weights"
+    return source
+
+
 def _classical_at(rgb: np.ndarray, target_bytes: int) -> list[tuple[int, float]]:
     """(bytes, PSNR dB) of each codec of :data:`COMPARED` at the quality whose file is
     closest in bytes to ``target_bytes``."""
@@ -92,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
         image, what = _default_image()
     model = resolve_model(args.model)
     h, w = image.shape[:2]
-    print(f"{model.name} ({getattr(model, 'source', 'bundled')}) on {what}, {w}×{h} px")
+    print(f"{model.name} ({_weights(model)}) on {what}, {w}×{h} px")
     head = (f"{'quality':>7} {'lambda':>8} {'bytes':>8} {'bpp':>7} {'PSNR dB':>8} "
             f"{'enc s':>6} {'dec s':>6}")
     if args.compare:
