@@ -20,6 +20,12 @@
 #   TRAIN_ARGS  extra arguments for every `varicodec train` (word-split), e.g. on a GPU
 #               TRAIN_ARGS="--set batch_size=32 --set crop=256 --set workers=14"
 #   DRY_RUN=1   print "CONFIG -> EXPORT" for each model of the stages, train nothing
+#               (followed by the extra train arguments of that model, if any)
+#   GAMMA       the ecg stage's sparsity weight γ instead of the configs' 20: a number, or
+#               "schedule" for γ_q = 90 · (λ_q/λ_1)^0.26 (90 … 298 at q1 … q8), which holds
+#               sparsity at 0.47-0.50 at every quality (docs/results/paper.md, section 2,
+#               "A schedule for sparsity 0.5"; configs/paper/ablation-gammahalf-ecg-q*.yaml);
+#               use another OUT, as the exports keep their names
 #   QUALITIES   the qualities of the per-quality stages (default "1 2 3 4 5 6 7 8")
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,16 +34,32 @@ OUT=${OUT:-checkpoints/paper}
 ARCH=${ARCH:-hyperprior}
 read -r -a train_args <<<"${TRAIN_ARGS:-}"
 
-run() {  # run CONFIG EXPORT_NAME   (CONFIG relative to configs/, without .yaml)
-  local cfg=configs/$1.yaml name
-  if [[ -n ${DRY_RUN:-} ]]; then echo "$cfg -> $OUT/$2.safetensors"; return; fi
+run() {  # run CONFIG EXPORT_NAME [TRAIN ARGS…]   (CONFIG relative to configs/, without .yaml)
+  local cfg=configs/$1.yaml export=$2 name
+  shift 2
+  if [[ -n ${DRY_RUN:-} ]]; then echo "$cfg -> $OUT/$export.safetensors${*:+  $*}"; return; fi
   mkdir -p "$OUT" runs
   name=$(sed -n 's/^name: *//p' "$cfg")
-  if [[ -f "$OUT/$2.safetensors" ]]; then echo "done: $OUT/$2.safetensors"; return; fi
+  if [[ -f "$OUT/$export.safetensors" ]]; then echo "done: $OUT/$export.safetensors"; return; fi
   local resume=()
   [[ -f runs/$name/checkpoint.safetensors ]] && resume=(--resume)
-  "$VARICODEC" train --config "$cfg" "${resume[@]}" "${train_args[@]}" 2>>"runs/$name.log"
-  "$VARICODEC" export "runs/$name" --out "$OUT/$2.safetensors"
+  "$VARICODEC" train --config "$cfg" "${resume[@]}" "${train_args[@]}" "$@" 2>>"runs/$name.log"
+  "$VARICODEC" export "runs/$name" --out "$OUT/$export.safetensors"
+}
+
+# γ_q = 90 · (λ_q/λ_1)^0.26, rounded, for q = 1 … 8 (the ablation-gammahalf-ecg-q* configs)
+GAMMA_SCHEDULE=(90 107 127 150 178 212 251 298)
+case ${GAMMA:-} in
+  "" | schedule) ;;
+  *) [[ $GAMMA =~ ^[0-9]+([.][0-9]+)?$ ]] || {
+       echo "GAMMA must be a number or 'schedule', not '$GAMMA'" >&2; exit 2; } ;;
+esac
+gamma_args() {  # the ecg stage's extra train arguments at quality $1 (GAMMA, above)
+  case ${GAMMA:-} in
+    "") ;;
+    schedule) echo "--set gamma=${GAMMA_SCHEDULE[$1 - 1]}" ;;
+    *) echo "--set gamma=$GAMMA" ;;
+  esac
 }
 
 all_qualities="1 2 3 4 5 6 7 8"
@@ -86,7 +108,10 @@ for stage in "${stages[@]}"; do
     *:pre) for w in "${widths[@]}"; do run "paper/$ARCH-pre-$w" "$ARCH-pre-$w"; done ;;
     *:bm) run "paper/$ARCH-bm" "$ARCH-bm" ;;
     *:base) for q in "${QS[@]}"; do run "paper/$ARCH-base-q$q" "$ARCH-base-q$q"; done ;;
-    *:ecg) for q in "${QS[@]}"; do run "paper/$ARCH-ecg-q$q" "$ARCH-ecg-q$q"; done ;;
+    *:ecg) for q in "${QS[@]}"; do
+             read -r -a g <<<"$(gamma_args "$q")"
+             run "paper/$ARCH-ecg-q$q" "$ARCH-ecg-q$q" "${g[@]}"
+           done ;;
     *:extra) for q in "${QS[@]}"; do run "paper/$ARCH-base-q$q-extra" "$ARCH-base-extra-q$q"; done ;;
     *:ecgbm) run "paper/$ARCH-ecgbm" "$ARCH-ecgbm" ;;
     *:eval) evaluate ;;

@@ -174,3 +174,25 @@ def test_paper_grid_eval_stage_names_the_grids_sets():
     env["ARCH"] = "hyperprior"
     assert subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), "eval"], env=env,
                           cwd=ROOT, capture_output=True).returncode == 2
+
+
+def test_paper_grid_gamma_schedule_is_the_ablations():
+    """``GAMMA=schedule`` gives each quality's ecg model the γ of the schedule that held
+    sparsity at 0.47-0.50 (configs/paper/ablation-gammahalf-ecg-q*.yaml, session 22):
+    γ_q = 90 · (λ_q/λ_1)^0.26; a number sets one γ; anything else is refused."""
+    def ecg(gamma: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ARCH": "hyperprior-paper", "DRY_RUN": "1", "GAMMA": gamma}
+        return subprocess.run(["bash", str(ROOT / "scripts" / "paper_grid.sh"), "ecg"],
+                              env=env, cwd=ROOT, capture_output=True, text=True)
+
+    lines = ecg("schedule").stdout.splitlines()
+    assert len(lines) == 8
+    for q, line in enumerate(lines, start=1):
+        gamma = float(line.rsplit("--set gamma=", 1)[1])
+        ablation = load_config(PAPER / f"ablation-gammahalf-ecg-q{q}.yaml")
+        assert gamma == ablation.gamma
+        assert gamma == round(90 * (QUALITY_LMBDAS[q - 1] / QUALITY_LMBDAS[0]) ** 0.26)
+        assert line.startswith(f"configs/paper/hyperprior-paper-ecg-q{q}.yaml -> ")
+    assert all(line.endswith("--set gamma=40") for line in ecg("40").stdout.splitlines())
+    bad = ecg("lots")
+    assert bad.returncode == 2 and "GAMMA must be a number" in bad.stderr and not bad.stdout
