@@ -21,13 +21,14 @@ Layout (all integers big-endian; ``varint`` = unsigned LEB128, at most 5 bytes):
     end-4   4     CRC-32 (zlib) of every byte before it
 
 The hyper-latent's spatial shape is not stored: it is ``⌈H/64⌉ × ⌈W/64⌉``
-(the models' downsampling factor). Everything but the four payloads is
+(the models' downsampling factor). Everything but the payloads (streams) is
 *overhead* (``Container.overhead``): 22 bytes plus 2 for the λ code of a
 variable-rate model, 1-3 for ``len(z)`` (z < 2 MiB), 1 if a side stream is
 present, 1-4 if alpha is (alpha stream < 256 MiB) and 1-3 for ``len(guard)``
-(version 2 on; guard < 2 MiB) — 27 bytes for a variable-rate RGB Kodak image and
-at most 35 in all. The guard stream (version 2 on) holds a CRC-32 of the entropy-coded symbols
-and the latents whose scale index the encoder made explicit
+(version 2 on; guard < 2 MiB) and 1-3 for ``len(icc)`` (version 6, with a profile) —
+27 bytes for a variable-rate RGB Kodak image and at most 38 in all. The guard stream
+(version 2 on) holds a CRC-32 of the entropy-coded symbols and the latents whose scale
+index the encoder made explicit
 (``varicodec.models.guard.pack_guard``).
 Version 3 has version 2's layout; in it a joint model's y stream is coded in
 wavefront order (``varicodec.models.wavefront``), in versions 1-2 in CompressAI's
