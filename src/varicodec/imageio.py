@@ -124,10 +124,14 @@ def _gray_to_uint8(a: np.ndarray, what: str, bits16: bool = False) -> np.ndarray
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
+#: colour modes Pillow converts to RGB approximately (with a warning)
+_CONVERTED_MODES = ("CMYK", "LAB", "HSV")
+
+
 def _from_pil(im: Image.Image, what: str, max_pixels: int) -> SourceImage:
     profile = im.info.get("icc_profile")
     src = _pixels_from_pil(im, what, max_pixels)
-    if profile and im.mode not in ("CMYK", "LAB", "HSV"):  # those were converted to RGB
+    if profile and im.mode not in _CONVERTED_MODES:  # their profile is not the result's
         src.icc = _matching_profile(profile, src.gray, what)
     return src
 
@@ -177,7 +181,7 @@ def _pixels_from_pil(im: Image.Image, what: str, max_pixels: int) -> SourceImage
         transparent = mode == "PA" or im.has_transparency_data
         im = im.convert("RGBA" if transparent else "RGB")
         mode = im.mode
-    elif mode in ("CMYK", "LAB", "HSV"):
+    elif mode in _CONVERTED_MODES:
         _warn(f"{what}: {mode} colours converted to RGB (approximately)")
     if mode in ("RGBA", "RGBa"):
         a = np.asarray(im.convert("RGBA"), dtype=np.uint8)

@@ -38,7 +38,7 @@ from ..models.refine import check_refinable, check_steps, fixed_latents, refine_
 from ..models.registry import bundled_weights
 from ..quality import quality_to_lmbda
 from ..util import trim_freed_memory
-from .format import HASH_GUARD_VERSION, ICC_VERSION, PLAIN_VERSION, Container
+from .format import HASH_GUARD_VERSION, Container
 from .header import info
 from .pretrained import ModelSpec, fingerprint, resolve_model
 from .rate_control import RateControlReport, RateTargetError, check_tolerance, search_lmbda_code
@@ -390,8 +390,7 @@ class _TiledCoder:
             tiles.append(coder.code(lmbda, code).pack())
             trim_freed_memory()
         m = self.model
-        return TiledFile(version=PLAIN_VERSION if self.icc is None else ICC_VERSION,
-                         model_name=m.name, fingerprint=fingerprint(m),
+        return TiledFile(model_name=m.name, fingerprint=fingerprint(m),
                          width=self.src.width, height=self.src.height, gray=self.src.gray,
                          alpha=self.src.alpha is not None,
                          lmbda_code=Container.unpack(tiles[0]).lmbda_code, tile=self.side,

@@ -22,6 +22,7 @@ on stderr (a bar on a terminal, a line every few seconds otherwise) unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -29,7 +30,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -173,11 +174,16 @@ def _check_output(src: Path, out: Path, force: bool) -> None:
             raise FileExistsError(f"{out} exists (use --force to overwrite)")
 
 
+def _check_magic(head: bytes, path: Path) -> None:
+    """A file that starts otherwise than a ``.vcd`` is refused before it is read whole."""
+    if not head or not MAGIC.startswith(head[:len(MAGIC)]):
+        raise FormatError(f"{_shown(path)}: not a varicodec file (bad magic; expected 'VCD')")
+
+
 def _read_vcd(path: Path) -> bytes:
     if _is_stdio(path):
         data = _stdin_bytes()
-        if not data or not MAGIC.startswith(data[:len(MAGIC)]):
-            raise FormatError("standard input: not a varicodec file (bad magic; expected 'VCD')")
+        _check_magic(data, path)
         return data
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -185,8 +191,7 @@ def _read_vcd(path: Path) -> bytes:
         raise IsADirectoryError(f"{path} is a folder, not a .vcd file")
     with open(path, "rb") as f:
         head = f.read(len(MAGIC))
-        if head != MAGIC[: len(head)] or not head:
-            raise FormatError(f"{path}: not a varicodec file (bad magic; expected 'VCD')")
+        _check_magic(head, path)
         return head + f.read()
 
 
@@ -209,9 +214,18 @@ def _resolve_output(src: Path, output: str | None, decode: bool) -> Path:
 
 
 # --------------------------------------------------------------- reporting
-def _warn_lines(caught: list[warnings.WarningMessage], src: Path) -> None:
+@contextlib.contextmanager
+def _warnings_reported(path: Path, categories: tuple[type[Warning], ...] = (VaricodecWarning,)
+                       ) -> Iterator[None]:
+    """The warnings of ``categories`` raised inside the block, each printed after it as
+    one line on stderr naming ``path``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
     for w in caught:
-        print(f"varicodec: warning: {_naming(src, Exception(str(w.message)))}", file=sys.stderr)
+        if issubclass(w.category, categories):
+            print(f"varicodec: warning: {_naming(path, Exception(str(w.message)))}",
+                  file=sys.stderr)
 
 
 def _fmt_db(v: float | None) -> str:
@@ -233,7 +247,8 @@ def _naming(path: Path, e: BaseException) -> str:
     """``e``'s message, starting with ``path`` exactly once."""
     text = str(e)
     if _is_stdio(path):
-        return text if text.startswith("standard input") else f"standard input: {text}"
+        name = _shown(path)
+        return text if text.startswith(name) else f"{name}: {text}"
     if isinstance(e, OSError) and e.strerror and not e.filename and str(path) not in text:
         text = e.strerror
     return text if str(path) in text or path.name in text else f"{path}: {text}"
@@ -243,16 +258,12 @@ def _encode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
     from .api import encode_image
 
     _check_output(src, out, args.force)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_reported(src, (VaricodecWarning, Image.DecompressionBombWarning)):
         image = open_image(_stdin_bytes(), name="standard input") if _is_stdio(src) else src
         r = encode_image(image, args.model, lmbda=args.lmbda, quality=args.quality, bpp=args.bpp,
                          psnr=args.psnr, tolerance=args.tolerance, strict=args.strict,
                          tile=args.tile, refine=args.refine, progress=not args.quiet,
                          keep_icc=args.keep_icc)
-    _warn_lines([w for w in caught
-                 if issubclass(w.category, (VaricodecWarning, Image.DecompressionBombWarning))],
-                src)
     _emit(out, lambda f: f.write(r.data), args.force)
     rc = r.rate_control
     if rc is not None and not rc.converged:
@@ -289,10 +300,8 @@ def _decode_one(src: Path, out: Path, args: argparse.Namespace) -> tuple[str, di
         raise ValueError(f"unknown image file extension {out.suffix!r} for {out} (use .png)")
     data = _read_vcd(src)
     image, c = decode_image(data, args.model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_reported(out):
         _emit(out, lambda f: save_image(image, f, fmt), args.force)
-    _warn_lines([w for w in caught if issubclass(w.category, VaricodecWarning)], out)
     seconds = time.perf_counter() - t0
     bpp = len(data) * 8 / c.pixels
     line = (f"{_shown(src)} -> {_shown(out, 'output')}  {c.width}x{c.height} {c.mode}  "

@@ -109,6 +109,23 @@ _FIXED = struct.Struct(">3sBBB8sHH")  # magic … height: 18 bytes
 _MAX_VARINT_BYTES = 5
 
 
+def file_version(icc: bytes | None, version: int | None = None) -> int:
+    """The format version of a file that does or does not carry an ICC profile stream:
+    ``version`` as given, checked, or for ``None`` the lowest that holds the file
+    (:data:`ICC_VERSION` with a profile, :data:`PLAIN_VERSION` without)."""
+    if version is None:
+        return ICC_VERSION if icc is not None else PLAIN_VERSION
+    if icc is not None and version < ICC_VERSION:
+        raise ValueError(f"an ICC profile is stored from format version {ICC_VERSION} on")
+    return version
+
+
+def optional_flags(version: int) -> int:
+    """The flags a file of ``version`` may set beyond its layout's own: the ICC profile
+    from :data:`ICC_VERSION` on (an older reader would report them as unknown)."""
+    return FLAG_ICC if version >= ICC_VERSION else 0
+
+
 def is_variable_rate(model_name: str) -> bool:
     return variant_flags(model_name)[1]
 
@@ -217,9 +234,7 @@ class Container:
     icc: bytes | None = None
 
     def __post_init__(self) -> None:
-        if self.version is None:
-            object.__setattr__(self, "version",
-                               ICC_VERSION if self.icc is not None else PLAIN_VERSION)
+        object.__setattr__(self, "version", file_version(self.icc, self.version))
         check_size(self.width, self.height, error=ValueError)
         if self.model_name not in MODEL_IDS:
             raise ValueError(f"model {self.model_name!r} has no id in the .vcd format")
@@ -237,8 +252,6 @@ class Container:
             raise ValueError(f"cannot write .vcd format version {self.version}")
         if (self.guard is None) != (self.version == 1):
             raise ValueError("a guard stream is stored exactly in format versions 2 on")
-        if self.icc is not None and self.version < ICC_VERSION:
-            raise ValueError(f"an ICC profile is stored from format version {ICC_VERSION} on")
 
     # ------------------------------------------------------------------ info
     @property
@@ -331,8 +344,8 @@ class Container:
         end = len(data) - 4  # the CRC
         if end < _FIXED.size:
             raise FormatError("file is truncated (shorter than a .vcd header)")
-        known = _KNOWN_FLAGS | (FLAG_ICC if version >= ICC_VERSION else 0)
-        flags, name, fp, width, height, code, pos = read_fixed_fields(data, end, known, max_pixels)
+        flags, name, fp, width, height, code, pos = read_fixed_fields(
+            data, end, _KNOWN_FLAGS | optional_flags(version), max_pixels)
         z_len, pos = read_varint(data, pos, end)
         side_len = 0
         if flags & FLAG_SIDE:

@@ -35,10 +35,11 @@ from .format import (
     FLAG_ALPHA,
     FLAG_GRAY,
     FLAG_ICC,
-    ICC_VERSION,
     MAGIC,
     MODEL_IDS,
     READABLE_VERSIONS,
+    file_version,
+    optional_flags,
     read_fixed_fields,
     read_varint,
     write_varint,
@@ -104,9 +105,9 @@ def is_tiled(data: bytes) -> bool:
 @dataclass(frozen=True)
 class TiledFile:
     """A tiled file's outer header and its tiles' ``.vcd`` bytes (row-major); ``icc``:
-    the image's zlib-compressed ICC profile, or ``None``."""
+    the image's zlib-compressed ICC profile, or ``None``; ``version`` ``None`` (the
+    default) is the lowest that holds the file (:func:`~.format.file_version`)."""
 
-    version: int
     model_name: str
     fingerprint: bytes
     width: int
@@ -118,10 +119,10 @@ class TiledFile:
     margin: int
     tiles: list[bytes]
     icc: bytes | None = None
+    version: int = None  # type: ignore[assignment]  # set in __post_init__
 
     def __post_init__(self) -> None:
-        if self.icc is not None and self.version < ICC_VERSION:
-            raise ValueError(f"an ICC profile is stored from format version {ICC_VERSION} on")
+        object.__setattr__(self, "version", file_version(self.icc, self.version))
 
     def icc_profile(self) -> bytes | None:
         """The ICC profile the image was encoded with (inflated), or ``None``."""
@@ -174,8 +175,8 @@ class TiledFile:
         if version not in READABLE_VERSIONS or version < 2:
             raise FormatError(f"tiled file with format version {version} (needs 2 or newer "
                               f"than this varicodec reads)")
-        known = FLAG_TILED | FLAG_GRAY | FLAG_ALPHA | (FLAG_ICC if version >= ICC_VERSION else 0)
-        flags, name, fp, width, height, code, pos = read_fixed_fields(data, end, known, max_pixels)
+        flags, name, fp, width, height, code, pos = read_fixed_fields(
+            data, end, FLAG_TILED | FLAG_GRAY | FLAG_ALPHA | optional_flags(version), max_pixels)
         if pos + 3 > end:
             raise FormatError("file is truncated (inside the header)")
         tile, margin = struct.unpack_from(">HB", data, pos)
