@@ -40,8 +40,10 @@ def _weights(run: Path) -> dict:
         return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
 
 
-def test_the_recipe_has_the_budget_of_our_cpu_bm_recipe():
-    vbr = _script().load_recipe(ROOT / "configs" / "baselines" / "vbr-hyperprior-cpu.yaml")
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs" / "baselines").glob("vbr-*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_recipes_have_the_budget_of_our_cpu_bm_recipe(recipe):
+    vbr = _script().load_recipe(recipe)
     ours = yaml.safe_load((ROOT / "configs" / "hyperprior-bm-cpu.yaml").read_text())
     for key in ("N", "M", "steps", "lr", "aux_lr", "lr_decay_at", "clip_grad", "crop", "scale",
                 "batch_size", "seed"):
