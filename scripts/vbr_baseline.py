@@ -81,10 +81,10 @@ def build(N: int, M: int):
 
 def rd_loss(net, x: torch.Tensor, stage: int, level: int) -> dict[str, torch.Tensor]:
     """``bpp + λ_level·255²·MSE`` of one batch (the likelihoods' rate, as in training)."""
+    from varicodec.losses import bpp_from_likelihoods
+
     out = net(x, stage=stage, s=level)
-    b, _, h, w = x.shape
-    bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
-    bpp = bits / (b * h * w)
+    bpp = bpp_from_likelihoods(out["likelihoods"], x.shape[-2] * x.shape[-1]).mean()
     mse = F.mse_loss(out["x_hat"], x)
     lmbda = net.lmbda[level]
     return {"loss": bpp + lmbda * 255**2 * mse, "bpp": bpp.detach(),
@@ -193,12 +193,11 @@ def make_codec(net, meta: dict):
     import compressai
 
     from varicodec.eval.classical import ClassicalCodec
+    from varicodec.imageio import pad_to_multiple, to_tensor, to_uint8
 
     def encode(rgb: np.ndarray, level: float) -> bytes:
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0)
-        ph, pw = -h % 64, -w % 64
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = pad_to_multiple(to_tensor(rgb), 64)
         with torch.no_grad():
             out = net.compress(x, stage=2, s=int(level))
         (y,), (z,) = out["strings"]
@@ -211,8 +210,7 @@ def make_codec(net, meta: dict):
         shape = (math.ceil(h / 64), math.ceil(w / 64))
         with torch.no_grad():
             x = net.decompress([[y], [z]], shape, stage=2, s=level)["x_hat"]
-        a = x[0, :, :h, :w].mul(255).round().clamp(0, 255).byte()
-        return a.permute(1, 2, 0).contiguous().numpy()
+        return np.ascontiguousarray(to_uint8(x[..., :h, :w]))
 
     recipe = meta["recipe"]
     return ClassicalCodec(
