@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import signal
 import struct
 import sys
 import time
@@ -97,7 +98,7 @@ def train(recipe: str | Path, resume: bool = False, max_minutes: float | None = 
     ``max_minutes`` (a checkpoint either way); returns the run folder."""
     from varicodec.progress import progress_bar
     from varicodec.train.checkpoint import load_checkpoint, restore_state, save_checkpoint
-    from varicodec.train.loop import make_batches
+    from varicodec.train.loop import make_batches, step_decay
 
     cfg = load_recipe(recipe)
     torch.set_num_threads(int(cfg.threads))
@@ -135,12 +136,20 @@ def train(recipe: str | Path, resume: bool = False, max_minutes: float | None = 
                         {"recipe": vars(cfg), "model": "compressai.models.vbr.ScaleHyperpriorVbr"})
 
     last = min(cfg.steps, stop_at or cfg.steps)
+    interrupted = []
+
+    def on_signal(signum, frame):  # finish the step, checkpoint, exit
+        interrupted.append(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, on_signal)
     try:
-        while step < last:
+        while step < last and not interrupted:
             stage = 1 if step < stage1_steps else 2
             drawn = int(torch.randint(net.levels, (1,), generator=levels))
             level = net.levels - 1 if stage == 1 else drawn
-            factor = cfg.lr_decay ** sum(step / cfg.steps >= f for f in cfg.lr_decay_at)
+            factor = step_decay(step / cfg.steps, cfg.lr_decay_at, cfg.lr_decay)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * factor
             losses = rd_loss(net, next(batches), stage, level)
@@ -163,13 +172,14 @@ def train(recipe: str | Path, resume: bool = False, max_minutes: float | None = 
                 last_save = time.monotonic()
             if max_minutes and time.monotonic() - t_start > 60 * max_minutes:
                 break
-    except KeyboardInterrupt:
-        save()
-        bar.close()
-        print(f"interrupted: checkpoint at step {step} in {ckpt}", file=sys.stderr)
-        raise SystemExit(130) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     save()
     bar.close()
+    if interrupted:
+        print(f"interrupted: checkpoint at step {step} in {ckpt}", file=sys.stderr)
+        raise SystemExit(130)
     print(f"{run}: step {step}/{cfg.steps}", file=sys.stderr)
     return run
 

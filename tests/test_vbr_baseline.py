@@ -1,6 +1,8 @@
 """scripts/vbr_baseline.py: CompressAI's variable-rate model trained with our budget (tiny)."""
 
 import importlib.util
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,32 @@ def test_train_resumes_exactly_and_codes_real_bytes(tmp_path, capsys):
     data = codec.encode(rgb, 7)
     assert codec.decode(data).shape == rgb.shape
     assert codec.decode(data).tobytes() == codec.decode(data).tobytes()
+
+
+def test_an_interrupt_finishes_the_step_then_checkpoints(tmp_path, monkeypatch, capsys):
+    """SIGINT in the middle of a step: the step completes, the checkpoint holds it, exit 130,
+    and the resumed run is the straight one."""
+    vbr = _script()
+    straight = vbr.train(_recipe(tmp_path, 4, "straight"))
+    rd_loss, calls = vbr.rd_loss, []
+
+    def interrupting(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return rd_loss(*args)
+
+    monkeypatch.setattr(vbr, "rd_loss", interrupting)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        vbr.train(_recipe(tmp_path, 4, "cut"))
+    assert stopped.value.code == 130 and len(calls) == 2
+    assert "checkpoint at step 2" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are given back
+    monkeypatch.setattr(vbr, "rd_loss", rd_loss)
+    cut = vbr.train(_recipe(tmp_path, 4, "cut"), resume=True)
+    a, b = _weights(straight), _weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the interrupted run differs"
 
 
 def test_eval_of_a_missing_run_is_one_line(tmp_path, capsys):

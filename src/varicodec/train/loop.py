@@ -13,7 +13,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,10 +128,15 @@ def train_step(net, model: VaricodecModel, criterion: RateDistortionLoss, opt, a
     return losses, aux
 
 
+def step_decay(progress: float, decay_at: Sequence[float], decay: float) -> float:
+    """The learning-rate factor of a step schedule: ×``decay`` at each fraction in ``decay_at``
+    that ``progress`` (0–1, of the steps or of the time budget) has reached."""
+    return decay ** sum(progress >= f for f in decay_at)
+
+
 def _lr_factor(cfg: TrainConfig, step: int, seconds: float = 0.0) -> float:
-    p = _progress(cfg, step, seconds)
     warm = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
-    return warm * cfg.lr_decay ** sum(p >= f for f in cfg.lr_decay_at)
+    return warm * step_decay(_progress(cfg, step, seconds), cfg.lr_decay_at, cfg.lr_decay)
 
 
 def sample_lmbda(cfg: TrainConfig, model: VaricodecModel, batch: int) -> torch.Tensor:
