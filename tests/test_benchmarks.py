@@ -202,3 +202,32 @@ def test_allocator_compares_settings_in_their_own_processes(tmp_path, capsys):
     assert shipped["encode_speedup_vs_system"] > 0 and len(got["runs"]["system"]) == 1
     assert got["summary"]["system"]["bytes"] == shipped["bytes"] > 0
     assert "enc×/system" in capsys.readouterr().out
+
+
+def test_train_loop_speed_interleaves_settings(tmp_path, capsys):
+    """--rounds: every setting timed in turns, per-round rates kept, ratios against the first."""
+    import yaml
+    from conftest import BENCHMARKS, write_images
+
+    recipe = yaml.safe_load((BENCHMARKS.parent / "configs" / "tiny-test.yaml").read_text())
+    recipe["train_dir"] = str(write_images(tmp_path / "train", 3, (96, 80), 8))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    bench = load_benchmark("train_loop_speed")
+    out = tmp_path / "speed.json"
+    args = ["--config", str(config), "--settings", "old,memory", "--warmup", "1",
+            "--seconds", "0.4", "--threads", "1", "--out", str(out)]
+    assert bench.main([*args, "--rounds", "0"]) == 2
+    assert "--rounds" in capsys.readouterr().err
+    assert bench.main([*args, "--rounds", "2"]) == 0
+    data = json.loads(out.read_text())
+    assert data["rounds"] == 2 and "--rounds 2" in data["command"]
+    for name, r in data["results"].items():
+        assert len(r["steps_per_s_per_round"]) == 2 and r["steps"] > 0, name
+        assert r["steps_per_s"] == pytest.approx(r["steps"] / r["seconds"])
+    assert data["results"]["old"]["crops_per_s_vs_old"] == 1.0
+    assert data["results"]["memory"]["crops_per_s_vs_old"] == pytest.approx(
+        data["results"]["memory"]["crops_per_s"] / data["results"]["old"]["crops_per_s"])
+    assert bench.main(args) == 0  # one after the other
+    data = json.loads(out.read_text())
+    assert data["rounds"] == 1 and all(r["steps"] > 0 for r in data["results"].values())
