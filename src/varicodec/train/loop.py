@@ -35,7 +35,7 @@ from .init import CHECKPOINT, load_init, load_init_weights
 from .memdata import InMemoryCrops
 
 __all__ = ["train", "train_step", "build_model", "git_commit", "load_init_weights",
-           "make_batches", "make_optimizers", "apply_speedups"]
+           "make_batches", "make_optimizers", "apply_speedups", "step_decay"]
 
 
 def git_commit() -> str:
